@@ -1,0 +1,249 @@
+"""`WIDConfig`: what to compress a BERT teacher to, and how fast.
+
+The config is a plain dataclass in the PEFT manner: it saves to a small JSON file next to the WID weights
+(`wid_config.json`), loads back ignoring keys written by newer versions, and validates itself on construction.
+Rules that depend on the teacher (divisibility by the head count, targets no larger than the teacher) are
+checked by `WIDConfig.resolve` when the config meets a model, and every error names the nearest valid sizes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+import os
+from dataclasses import dataclass, field
+from typing import Literal, Optional
+
+logger = logging.getLogger(__name__)
+
+CONFIG_NAME = "wid_config.json"
+HEAD_STRATEGIES = ("dim", "head")
+MASK_SCORINGS = ("reference", "aggregate")
+
+
+@dataclass(frozen=True)
+class TeacherDims:
+    """The widths of a BERT teacher that WID shrinks (depth is never changed)."""
+
+    hidden_size: int
+    intermediate_size: int
+    num_attention_heads: int
+
+    @property
+    def head_size(self) -> int:
+        return self.hidden_size // self.num_attention_heads
+
+    @classmethod
+    def from_model_config(cls, model_config) -> "TeacherDims":
+        return cls(
+            hidden_size=int(model_config.hidden_size),
+            intermediate_size=int(model_config.intermediate_size),
+            num_attention_heads=int(model_config.num_attention_heads),
+        )
+
+
+# The paper's students (WID_SPEC.md §7). They are sized for a 768/3072/12-head teacher such as bert-base-uncased;
+# for other teachers use `target_ratio` (or `WIDConfig.from_preset(name, ...)` with overrides).
+PRESETS: dict[str, dict] = {
+    "wid55": dict(target_hidden_size=516, target_intermediate_size=2064, head_strategy="dim"),
+    "wid11": dict(target_hidden_size=192, target_intermediate_size=768, head_strategy="dim"),
+    "wid11-head": dict(target_hidden_size=192, target_intermediate_size=768, head_strategy="head"),
+}
+
+
+@dataclass
+class WIDConfig:
+    """Configuration of a Weight-Inherited Distillation run.
+
+    Example:
+        >>> from wid_hf import WIDConfig
+        >>> WIDConfig(target_hidden_size=516, target_intermediate_size=2064, head_strategy="dim").head_strategy
+        'dim'
+        >>> WIDConfig.from_preset("wid11").target_hidden_size
+        192
+        >>> WIDConfig(target_ratio=0.5).target_ratio  # sizes derived from the teacher at injection time
+        0.5
+    """
+
+    target_hidden_size: Optional[int] = field(
+        default=None,
+        metadata={"help": "Hidden width of the student (also its attention width and MLM-head width)."},
+    )
+    target_intermediate_size: Optional[int] = field(
+        default=None, metadata={"help": "FFN width (intermediate_size) of the student."}
+    )
+    target_ratio: Optional[float] = field(
+        default=None,
+        metadata={
+            "help": "Derive any target size left unset from the teacher: hidden = the valid width nearest to "
+            "ratio * H, intermediate = round(ratio * F). In (0, 1]."
+        },
+    )
+    head_strategy: Literal["dim", "head"] = field(
+        default="dim",
+        metadata={
+            "help": "'dim': keep every head and remove the same number of dims from each (needs (H - T) divisible "
+            "by the head count). 'head': remove whole heads (needs T divisible by the head size)."
+        },
+    )
+    mask_interval: int = field(
+        default=500, metadata={"help": "Optimizer steps between two recomputations of every mask."}
+    )
+    pruning_intervals: int = field(
+        default=16,
+        metadata={
+            "help": "Mask intervals over which the FFN and MLM-head groups grow linearly to their targets "
+            "(reference: 16, i.e. step 8,000). Under 'dim' the hidden and attention groups lose "
+            "max(1, per_head // (pruning_intervals // 2)) dims per head per interval, as the reference code does."
+        },
+    )
+    head_prune_every: int = field(
+        default=2,
+        metadata={"help": "Under 'head': mask intervals between two removed heads (reference: 2, one per 1,000 steps)."},
+    )
+    penalty_lambda: float = field(
+        default=20.0,
+        metadata={
+            "help": "Strength of the decay of pruned entries: their gradient is replaced by min(lambda, 1) * W and "
+            "their Adam first moment is pushed by 0.1 * (lambda - 1) * W each step."
+        },
+    )
+    warmup_l2: float = field(
+        default=1.0,
+        metadata={"help": "Coefficient of the extra L2 gradient every compactor gets during the first interval."},
+    )
+    mask_scoring: Literal["reference", "aggregate"] = field(
+        default="reference",
+        metadata={
+            "help": "'reference': score each group on one compactor as the paper's code does (hidden: layer 0 value "
+            "input compactor; attention/FFN: the layer's consuming input compactor; head: decoder input compactor). "
+            "'aggregate': root of the summed squared norms of every compactor in the group."
+        },
+    )
+    hard_masks: bool = field(
+        default=True,
+        metadata={
+            "help": "When pruning ends, zero pruned entries exactly and keep them at zero, so the model being "
+            "trained is the student and merge_and_unload is exact."
+        },
+    )
+
+    def __post_init__(self):
+        if self.head_strategy not in HEAD_STRATEGIES:
+            raise ValueError(f"head_strategy must be one of {HEAD_STRATEGIES}, got {self.head_strategy!r}.")
+        if self.mask_scoring not in MASK_SCORINGS:
+            raise ValueError(f"mask_scoring must be one of {MASK_SCORINGS}, got {self.mask_scoring!r}.")
+        for name in ("target_hidden_size", "target_intermediate_size"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value <= 0):
+                raise ValueError(f"{name} must be a positive integer, got {value!r}.")
+        if self.target_ratio is not None and not (0.0 < float(self.target_ratio) <= 1.0):
+            raise ValueError(f"target_ratio must be in (0, 1], got {self.target_ratio!r}.")
+        if self.target_ratio is None and (self.target_hidden_size is None or self.target_intermediate_size is None):
+            raise ValueError(
+                "Give both target_hidden_size and target_intermediate_size, or a target_ratio for the sizes left "
+                "unset (e.g. WIDConfig(target_ratio=0.5)), or use WIDConfig.from_preset('wid55' | 'wid11' | "
+                "'wid11-head')."
+            )
+        for name in ("mask_interval", "pruning_intervals", "head_prune_every"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be an integer >= 1, got {value!r}.")
+        if self.penalty_lambda < 0 or self.warmup_l2 < 0:
+            raise ValueError("penalty_lambda and warmup_l2 must be >= 0.")
+
+    # ------------------------------------------------------------------ presets and teacher-dependent rules
+    @classmethod
+    def from_preset(cls, name: str, **overrides) -> "WIDConfig":
+        """One of the paper's students: 'wid55', 'wid11', 'wid11-head' (sized for a 768-wide teacher)."""
+        key = name.lower()
+        if key not in PRESETS:
+            raise ValueError(f"Unknown preset {name!r}; choose one of {sorted(PRESETS)}.")
+        return cls(**{**PRESETS[key], **overrides})
+
+    def resolve(self, model_config) -> "WIDConfig":
+        """Return a copy with concrete target sizes for this teacher, or raise `ValueError` naming the broken rule
+        and the nearest valid sizes."""
+        dims = model_config if isinstance(model_config, TeacherDims) else TeacherDims.from_model_config(model_config)
+        hidden, ffn = self.target_hidden_size, self.target_intermediate_size
+        if hidden is None:
+            hidden = _nearest_valid_hidden(dims, self.head_strategy, self.target_ratio * dims.hidden_size)
+        if ffn is None:
+            ffn = max(1, round(self.target_ratio * dims.intermediate_size))
+        resolved = dataclasses.replace(self, target_hidden_size=hidden, target_intermediate_size=ffn)
+        resolved.validate_for(dims)
+        return resolved
+
+    def validate_for(self, dims: TeacherDims) -> None:
+        H, F, A, h = dims.hidden_size, dims.intermediate_size, dims.num_attention_heads, dims.head_size
+        T, Ft = self.target_hidden_size, self.target_intermediate_size
+        unit = A if self.head_strategy == "dim" else h
+        if T > H:
+            raise ValueError(
+                f"target_hidden_size={T} is larger than the teacher's hidden_size={H}; WID only shrinks. "
+                f"Nearest valid sizes: {_valid_neighbours(min(T, H), unit, H)}."
+            )
+        if Ft > F:
+            raise ValueError(
+                f"target_intermediate_size={Ft} is larger than the teacher's intermediate_size={F}; WID only shrinks."
+            )
+        if self.head_strategy == "dim" and (H - T) % A != 0:
+            raise ValueError(
+                f'head_strategy="dim" keeps all {A} heads and removes the same number of dims from each, so '
+                f"(hidden_size - target_hidden_size) = {H} - {T} must be divisible by {A}. "
+                f"Nearest valid target_hidden_size: {_valid_neighbours(T, A, H)}."
+            )
+        if self.head_strategy == "head" and T % h != 0:
+            raise ValueError(
+                f'head_strategy="head" removes whole heads of size {h}, so target_hidden_size={T} must be divisible '
+                f"by {h}. Nearest valid target_hidden_size: {_valid_neighbours(T, h, H)}."
+            )
+
+    # ------------------------------------------------------------------ (de)serialisation
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def save_pretrained(self, save_directory: str | os.PathLike) -> str:
+        os.makedirs(save_directory, exist_ok=True)
+        path = os.path.join(save_directory, CONFIG_NAME)
+        with open(path, "w", encoding="utf-8") as f:
+            json.dump(self.to_dict(), f, indent=2, sort_keys=True)
+            f.write("\n")
+        return path
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "WIDConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            logger.warning("Ignoring unknown WIDConfig keys (written by a newer wid_hf?): %s", unknown)
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+    @classmethod
+    def from_pretrained(cls, path: str | os.PathLike) -> "WIDConfig":
+        """Load from a directory holding `wid_config.json`, or from the JSON file itself."""
+        path = os.fspath(path)
+        if os.path.isdir(path):
+            path = os.path.join(path, CONFIG_NAME)
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"No {CONFIG_NAME} at {path!r}: is this a directory written by save_pretrained?")
+        try:
+            with open(path, encoding="utf-8") as f:
+                data = json.load(f)
+        except json.JSONDecodeError as err:
+            raise ValueError(f"{path} is not valid JSON ({err}); the WID checkpoint is corrupt.") from err
+        return cls.from_dict(data.get("wid_config", data))
+
+
+def _valid_neighbours(value: float, unit: int, maximum: int) -> list[int]:
+    """The multiples of `unit` in [unit, maximum] closest to `value` from below and above."""
+    below = max(unit, min(maximum, math.floor(value / unit) * unit))
+    above = max(unit, min(maximum, math.ceil(value / unit) * unit))
+    return sorted({below, above})
+
+
+def _nearest_valid_hidden(dims: TeacherDims, strategy: str, value: float) -> int:
+    unit = dims.num_attention_heads if strategy == "dim" else dims.head_size
+    return max(unit, min(dims.hidden_size, round(value / unit) * unit))

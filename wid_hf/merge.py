@@ -1,0 +1,120 @@
+"""Structural re-parameterisation: fold every compactor into its weight and build the narrower, standard model
+(WID_SPEC.md §8). The result is a plain transformers model; nothing of wid_hf is left in it.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from .layer import EmbeddingCompactor, MaskedLayerNorm, WIDLinear
+
+EMBEDDING_TABLES = ("word_embeddings", "position_embeddings", "token_type_embeddings")
+
+
+def student_config(teacher_config, hidden: int, intermediate: int, heads: int):
+    """The teacher's config at the student's widths. Embeddings and decoder end up as different matrices
+    (E·Cᵀ versus W_dec·L_dec), so the student never ties them."""
+    config = copy.deepcopy(teacher_config)
+    config.hidden_size = hidden
+    config.intermediate_size = intermediate
+    config.num_attention_heads = heads
+    config.tie_word_embeddings = False
+    return config
+
+
+def merged_state_dict(wid_model, progressbar: bool = True) -> dict[str, torch.Tensor]:
+    """Tensors of the student, named as in the teacher, computed from the WID model's current state.
+
+    Every wrapper contributes through the same `effective_*` functions its forward uses, so the student computes
+    exactly what the compactor model computes once pruned entries are hard-masked.
+    """
+    base, masks, cfg = wid_model.base_model, wid_model.masks, wid_model.wid_config
+    dims = wid_model.teacher_dims
+    # "dim" keeps A heads of h' = T / A dims: the student scales scores by 1/sqrt(h') where training used
+    # 1/sqrt(h), so the query absorbs sqrt(h'/h) (WID_SPEC.md §4; the reference code omits this).
+    query_scale = (
+        math.sqrt((cfg.target_hidden_size / dims.num_attention_heads) / dims.head_size)
+        if cfg.head_strategy == "dim"
+        else 1.0
+    )
+    wrappers = [(n, m) for n, m in base.named_modules() if isinstance(m, (WIDLinear, EmbeddingCompactor))]
+    wrappers += [
+        (n, m)
+        for n, m in base.named_modules()
+        if isinstance(m, MaskedLayerNorm) and not n.endswith(".norm")  # the embedding norm is handled above
+    ]
+    state: dict[str, torch.Tensor] = {}
+    with torch.no_grad():
+        for name, module in tqdm(wrappers, desc="Merging compactors", disable=not progressbar, leave=False):
+            if isinstance(module, WIDLinear):
+                weight, bias = module.effective_weight_and_bias()
+                if module.out_group is not None:
+                    rows = masks.kept_index(module.out_group)
+                    weight = weight.index_select(0, rows)
+                    bias = bias.index_select(0, rows) if bias is not None else None
+                if module.in_group is not None:
+                    weight = weight.index_select(1, masks.kept_index(module.in_group))
+                if name.endswith("attention.self.query") and query_scale != 1.0:
+                    weight = weight * query_scale
+                    bias = bias * query_scale if bias is not None else None
+                state[f"{name}.weight"] = weight
+                if bias is not None:
+                    state[f"{name}.bias"] = bias
+            elif isinstance(module, EmbeddingCompactor):
+                kept = masks.kept_index(module.group)
+                c_kept = module.effective_compactor().index_select(0, kept)
+                parent = name.rsplit(".", 1)[0]
+                embeddings = base.get_submodule(parent)
+                for table in EMBEDDING_TABLES:
+                    state[f"{parent}.{table}.weight"] = getattr(embeddings, table).weight @ c_kept.T
+                _put_norm(state, name, module.norm, kept)
+            else:
+                _put_norm(state, name, module, masks.kept_index(module.group))
+    return {k: v.detach().clone().contiguous() for k, v in state.items()}
+
+
+def _put_norm(state: dict, name: str, module: MaskedLayerNorm, kept: torch.Tensor) -> None:
+    weight, bias = module.effective_weight_and_bias()
+    state[f"{name}.weight"] = weight.index_select(0, kept)
+    state[f"{name}.bias"] = bias.index_select(0, kept)
+
+
+def build_student(wid_model, progressbar: bool = True) -> nn.Module:
+    """Instantiate the teacher's class at the student's widths and load the merged tensors into it."""
+    base, cfg, dims = wid_model.base_model, wid_model.wid_config, wid_model.teacher_dims
+    heads = (
+        dims.num_attention_heads if cfg.head_strategy == "dim" else cfg.target_hidden_size // dims.head_size
+    )
+    config = student_config(base.config, cfg.target_hidden_size, cfg.target_intermediate_size, heads)
+    reference = next(base.parameters())
+    kwargs = {}
+    if type(base).__name__ == "BertModel":
+        kwargs["add_pooling_layer"] = getattr(base, "pooler", None) is not None
+    student = type(base)(config, **kwargs).to(device=reference.device, dtype=reference.dtype)
+
+    merged = merged_state_dict(wid_model, progressbar=progressbar)
+    target = student.state_dict()
+    teacher_state = base.state_dict()
+    for key, value in target.items():
+        if key in merged:
+            continue
+        if key.endswith("cls.predictions.bias") and key.replace("cls.predictions.bias", "cls.predictions.decoder.bias") in merged:
+            # tied to the decoder bias in the teacher; kept equal in the (untied) student
+            merged[key] = merged[key.replace("cls.predictions.bias", "cls.predictions.decoder.bias")].clone()
+        elif key in teacher_state and teacher_state[key].shape == value.shape:
+            merged[key] = teacher_state[key].detach().clone()
+        else:
+            raise RuntimeError(
+                f"merge produced no tensor for {key!r} of {type(base).__name__}; this module is not covered by "
+                "wid_hf's injection table. Please report it with the model's class and config."
+            )
+    for key, value in merged.items():
+        if key in target and target[key].shape != value.shape:
+            raise RuntimeError(f"merged {key} has shape {tuple(value.shape)}, student expects {tuple(target[key].shape)}")
+    student.load_state_dict({k: merged[k] for k in target}, strict=True)
+    return student

@@ -1,0 +1,519 @@
+"""`get_wid_model` and `WIDModel`: inject compactors into a BERT model, schedule masks, merge to a student.
+
+Example:
+    >>> from transformers import BertConfig, BertForMaskedLM
+    >>> from wid_hf import WIDConfig, get_wid_model
+    >>> teacher = BertForMaskedLM(BertConfig(hidden_size=48, num_attention_heads=4, intermediate_size=96,
+    ...                                      num_hidden_layers=2, vocab_size=100))
+    >>> model = get_wid_model(teacher, WIDConfig(target_ratio=0.5, mask_interval=2, pruning_intervals=2))
+    >>> model.finalize_masks()
+    >>> student = model.merge_and_unload(progressbar=False)
+    >>> student.config.hidden_size, student.config.intermediate_size
+    (24, 48)
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import warnings
+from typing import Any, Optional
+
+import torch
+from torch import nn
+
+from . import __version__
+from .config import CONFIG_NAME, TeacherDims, WIDConfig
+from .layer import EmbeddingCompactor, MaskedLayerNorm, WIDLinear, WIDMasks
+from .mask_groups import MaskGroup, broadcast_mask, select_kept
+from .merge import build_student
+from .schedule import pruned_count, pruning_end_step
+
+logger = logging.getLogger(__name__)
+
+WEIGHTS_NAME = "wid_model.safetensors"
+
+# Model classes wid_hf knows how to wrap, and the group their task head reads: "hidden" (token outputs),
+# "pooler" (the pooled [CLS] output) or None (no task head besides the MLM head, or none at all).
+SUPPORTED_MODELS = {
+    "BertForMaskedLM": None,
+    "BertModel": None,
+    "BertForSequenceClassification": ("classifier", "pooler"),
+    "BertForMultipleChoice": ("classifier", "pooler"),
+    "BertForTokenClassification": ("classifier", "hidden"),
+    "BertForQuestionAnswering": ("qa_outputs", "hidden"),
+}
+
+# The injection table (WID_SPEC.md §2): module path below the encoder -> (wrapper, input group, output group).
+# "{i}" is the layer index. Compactors on the vocabulary or label side are never created.
+_ENCODER_RULES = [
+    (r"embeddings\.LayerNorm", "embedding", None, "hidden"),
+    (r"encoder\.layer\.(?P<i>\d+)\.attention\.self\.(query|key|value)", "linear", "hidden", "attention_{i}"),
+    (r"encoder\.layer\.(?P<i>\d+)\.attention\.output\.dense", "linear", "attention_{i}", "hidden"),
+    (r"encoder\.layer\.(?P<i>\d+)\.attention\.output\.LayerNorm", "norm", None, "hidden"),
+    (r"encoder\.layer\.(?P<i>\d+)\.intermediate\.dense", "linear", "hidden", "ffn_{i}"),
+    (r"encoder\.layer\.(?P<i>\d+)\.output\.dense", "linear", "ffn_{i}", "hidden"),
+    (r"encoder\.layer\.(?P<i>\d+)\.output\.LayerNorm", "norm", None, "hidden"),
+    (r"pooler\.dense", "linear", "hidden", "pooler"),
+]
+_MLM_RULES = [
+    (r"cls\.predictions\.transform\.dense", "linear", "hidden", "head"),
+    (r"cls\.predictions\.transform\.LayerNorm", "norm", None, "head"),
+    (r"cls\.predictions\.decoder", "linear", "head", None),
+]
+
+
+def _check_supported(model: nn.Module) -> str:
+    if isinstance(model, WIDModel) or any(isinstance(m, (WIDLinear, MaskedLayerNorm)) for m in model.modules()):
+        raise ValueError(
+            "This model already has WID compactors. Use the WIDModel you have, or call merge_and_unload() first "
+            "and inject into the merged student."
+        )
+    name = type(model).__name__
+    config = getattr(model, "config", None)
+    model_type = getattr(config, "model_type", None)
+    if model_type != "bert" or name not in SUPPORTED_MODELS:
+        raise TypeError(
+            f"wid_hf compresses BERT models; got {name} (model_type={model_type!r}). Supported classes: "
+            f"{', '.join(SUPPORTED_MODELS)}. Load your checkpoint with one of them, e.g. "
+            "BertForMaskedLM.from_pretrained(...)."
+        )
+    if getattr(config, "add_cross_attention", False) or getattr(config, "is_decoder", False):
+        raise ValueError("wid_hf supports encoder BERT only (config.is_decoder and add_cross_attention must be False).")
+    return name
+
+
+class WIDModel(nn.Module):
+    """A BERT model with WID compactors injected, PEFT-style. Call it like the teacher.
+
+    Attributes not found here are looked up on the wrapped model (``config``, ``device``, ...), as PeftModel does.
+    Use `get_wid_model` to build one.
+    """
+
+    def __init__(self, model: nn.Module, config: WIDConfig):
+        super().__init__()
+        class_name = _check_supported(model)
+        self.teacher_dims = TeacherDims.from_model_config(model.config)
+        self.wid_config = config.resolve(self.teacher_dims)
+        self.base_model = model
+        self.groups: dict[str, MaskGroup] = {}
+        self._inject(class_name)
+
+    # ------------------------------------------------------------------ injection
+    def _inject(self, class_name: str) -> None:
+        model, dims = self.base_model, self.teacher_dims
+        prefix = "" if class_name == "BertModel" else "bert."
+        rules = [(prefix + pattern, *rest) for pattern, *rest in _ENCODER_RULES]
+        if class_name == "BertForMaskedLM":
+            rules += _MLM_RULES
+        task_head = SUPPORTED_MODELS[class_name]
+        if task_head is not None:
+            rules.append((re.escape(task_head[0]), "linear", task_head[1], None))
+
+        sizes = {"hidden": dims.hidden_size}
+        for i in range(model.config.num_hidden_layers):
+            sizes[f"attention_{i}"] = dims.hidden_size
+            sizes[f"ffn_{i}"] = dims.intermediate_size
+        if class_name == "BertForMaskedLM":
+            sizes["head"] = dims.hidden_size
+        if getattr(model.get_submodule(prefix.rstrip(".")) if prefix else model, "pooler", None) is not None:
+            sizes["pooler"] = dims.hidden_size
+        device = next(model.parameters()).device
+        self.masks = WIDMasks(sizes, device=device)
+        for name, size in sizes.items():
+            kind = name.split("_")[0]
+            block = dims.head_size if kind in ("hidden", "attention") else None
+            self.groups[name] = MaskGroup(name=name, kind=kind, size=size, block_size=block)
+
+        compiled = [(re.compile(p), *rest) for p, *rest in rules]
+        matched = {p.pattern: 0 for p, *_ in compiled}
+        for name, module in list(model.named_modules()):
+            for pattern, wrapper, in_t, out_t in compiled:
+                found = pattern.fullmatch(name)
+                if not found:
+                    continue
+                layer = found.groupdict().get("i")
+                in_g = in_t.format(i=layer) if in_t else None
+                out_g = out_t.format(i=layer) if out_t else None
+                if (in_g and in_g not in sizes) or (out_g and out_g not in sizes):
+                    continue  # e.g. a classifier reading a pooler this model does not have
+                self._replace(name, module, wrapper, in_g, out_g)
+                matched[pattern.pattern] += 1
+        missing = [p for p, n in matched.items() if n == 0 and "pooler" not in p and "classifier" not in p]
+        if missing:
+            raise ValueError(
+                f"Could not find the modules {missing} in {type(model).__name__}; wid_hf expects the module layout "
+                "of transformers' modeling_bert.py."
+            )
+        self._set_score_sources(model, prefix)
+
+    def _replace(self, name: str, module: nn.Module, wrapper: str, in_g, out_g) -> None:
+        parent_name, _, child = name.rpartition(".")
+        parent = self.base_model.get_submodule(parent_name) if parent_name else self.base_model
+        if wrapper == "linear":
+            if not isinstance(module, nn.Linear):
+                raise TypeError(f"{name} is a {type(module).__name__}, expected nn.Linear")
+            for group, features in ((in_g, module.in_features), (out_g, module.out_features)):
+                if group is not None and self.groups[group].size != features:
+                    raise ValueError(
+                        f"{name} has {features} features where group {group!r} has {self.groups[group].size}; "
+                        "was this model pruned or resized? WID needs the standard BERT shapes."
+                    )
+            new = WIDLinear(module, self.masks, in_g, out_g)
+            if in_g:
+                self.groups[in_g].add(new, "readers")
+            if out_g:
+                self.groups[out_g].add(new, "writers")
+        elif wrapper == "norm":
+            new = MaskedLayerNorm(module, self.masks, out_g)
+            self.groups[out_g].add(new, "norms")
+        else:
+            new = EmbeddingCompactor(module, self.masks, out_g)
+            self.groups[out_g].add(new, "embeddings")
+            self.groups[out_g].add(new.norm, "norms")
+        setattr(parent, child, new)
+
+    def _set_score_sources(self, model: nn.Module, prefix: str) -> None:
+        """The reference scoring sources (WID_SPEC.md §3)."""
+        layers = model.get_submodule(prefix + "encoder.layer")
+        self.groups["hidden"].score_source = (layers[0].attention.self.value, "in")
+        for i, layer in enumerate(layers):
+            self.groups[f"attention_{i}"].score_source = (layer.attention.output.dense, "in")
+            self.groups[f"ffn_{i}"].score_source = (layer.output.dense, "in")
+        if "head" in self.groups:
+            self.groups["head"].score_source = (model.cls.predictions.decoder, "in")
+        if "pooler" in self.groups:
+            pooler = model.get_submodule(prefix + "pooler")
+            self.groups["pooler"].score_source = (pooler.dense, "out")
+
+    # ------------------------------------------------------------------ plumbing
+    def forward(self, *args, **kwargs):
+        return self.base_model(*args, **kwargs)
+
+    def __getattr__(self, name: str):
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            if name == "base_model":
+                raise
+            return getattr(self.base_model, name)
+
+    def get_base_model(self) -> nn.Module:
+        return self.base_model
+
+    def compactor_parameters(self):
+        """The compactors (trained at the compactor learning rate)."""
+        return [p for n, p in self.named_parameters() if ".compactor" in n]
+
+    def inherited_parameters(self):
+        """The teacher's own weights, biases and LayerNorms (trained at the inherited-weights learning rate)."""
+        return [p for n, p in self.named_parameters() if ".compactor" not in n]
+
+    # ------------------------------------------------------------------ schedule
+    @property
+    def pruning_end_step(self) -> int:
+        """First optimizer step at which every group has reached its target."""
+        kinds = {g.kind for g in self.groups.values()}
+        return pruning_end_step(self.wid_config, self.teacher_dims, kinds)
+
+    @property
+    def hard_masks_active(self) -> bool:
+        return self.masks.is_hard
+
+    def kept_sizes(self) -> dict[str, int]:
+        """Kept width of every group, e.g. ``{"hidden": 516, "attention_0": 516, "ffn_0": 2064, ...}``."""
+        return {name: self.masks.kept_count(name) for name in self.groups}
+
+    @torch.no_grad()
+    def update_masks(self, step: int) -> dict[str, int]:
+        """Recompute every mask group from scratch for optimizer step `step` (WID_SPEC.md §5): prune the
+        scheduled number of lowest-importance indices. A no-op once hard masks are on (the masks are final)."""
+        if not self.masks.is_hard:
+            for group in self.groups.values():
+                n = pruned_count(self.wid_config, self.teacher_dims, group.kind, step)
+                self.masks.set(group.name, self._select(group, n))
+        return self.kept_sizes()
+
+    def _select(self, group: MaskGroup, n_pruned: int) -> torch.Tensor:
+        if group.kind in ("hidden", "attention"):
+            return select_kept(
+                group.scores(self.wid_config.mask_scoring),
+                n_pruned,
+                block_size=group.block_size,
+                whole_blocks=self.wid_config.head_strategy == "head",
+            )
+        return select_kept(group.scores(self.wid_config.mask_scoring), n_pruned)
+
+    @torch.no_grad()
+    def finalize_masks(self, optimizer: Optional[torch.optim.Optimizer] = None) -> dict[str, int]:
+        """Prune every group to its target now, switch to hard masks and zero pruned entries exactly.
+
+        Groups already at their target keep their masks (recomputing them from decayed weights would only
+        re-select the same indices); others are completed from the current importances. If an optimizer is given,
+        its state for pruned entries is zeroed too, so Adam's momentum cannot move them off zero.
+        """
+        if not self.masks.is_hard:
+            for group in self.groups.values():
+                target = pruned_count(self.wid_config, self.teacher_dims, group.kind, self.pruning_end_step)
+                if group.size - self.masks.kept_count(group.name) != target:
+                    self.masks.set(group.name, self._select(group, target))
+            self.masks.set_hard(True)
+        self.zero_pruned_(optimizer)
+        return self.kept_sizes()
+
+    @torch.no_grad()
+    def zero_pruned_(self, optimizer: Optional[torch.optim.Optimizer] = None) -> None:
+        """Set every pruned entry (and, given an optimizer, its state) to exactly zero."""
+        state = getattr(optimizer, "state", {}) if optimizer is not None else {}
+        for group in self.groups.values():
+            kept = self.masks.get(group.name)
+            for param, how in group.penalised_tensors():
+                keep = broadcast_mask(kept, how).to(param.dtype)
+                param.mul_(keep)
+                for value in state.get(param, {}).values():
+                    if torch.is_tensor(value) and value.shape == param.shape:
+                        value.mul_(keep.to(value.dtype))
+
+    @torch.no_grad()
+    def apply_penalty(self, step: int, optimizer: Optional[torch.optim.Optimizer] = None) -> None:
+        """Apply WID's sparsity penalty to the gradients of optimizer step `step` (WID_SPEC.md §5).
+
+        Call it after gradients are complete (accumulated, unscaled and clipped) and before ``optimizer.step()``.
+        During the first interval every compactor gets an extra ``warmup_l2 * W``. Afterwards the gradient of
+        each pruned entry is replaced by ``min(lambda, 1) * W`` and, with an Adam-type optimizer, its first moment
+        is pushed by ``0.1 * (lambda - 1) * W``; kept entries keep their task gradient and moments untouched.
+        Nothing is done under hard masks: pruned entries are exactly zero and receive no gradient.
+        """
+        cfg = self.wid_config
+        if self.masks.is_hard:
+            return
+        if step < cfg.mask_interval:
+            if cfg.warmup_l2:
+                for param in self.compactor_parameters():
+                    if param.grad is not None:
+                        param.grad.add_(param.detach(), alpha=cfg.warmup_l2)
+            return
+        lam = cfg.penalty_lambda
+        state = getattr(optimizer, "state", {}) if optimizer is not None else {}
+        for group in self.groups.values():
+            pruned = ~self.masks.get(group.name)
+            for param, how in group.penalised_tensors():
+                where = broadcast_mask(pruned, how)
+                if param.grad is not None:
+                    param.grad.copy_(torch.where(where, min(lam, 1.0) * param.detach(), param.grad))
+                exp_avg = state.get(param, {}).get("exp_avg")
+                if lam > 1 and exp_avg is not None:
+                    pushed = 0.9 * exp_avg + (0.1 * (lam - 1)) * param.detach()
+                    exp_avg.copy_(torch.where(where, pushed, exp_avg))
+
+    @torch.no_grad()
+    def pruned_norms(self) -> dict[str, float]:
+        """L2 norm of the pruned compactor entries of every group (goes to zero as the penalty works)."""
+        out = {}
+        for group in self.groups.values():
+            pruned = ~self.masks.get(group.name)
+            total = 0.0
+            for param, how in group.compactor_entries():
+                total += float((param * broadcast_mask(pruned, how)).float().square().sum())
+            out[group.name] = total**0.5
+        return out
+
+    # ------------------------------------------------------------------ merge
+    def merge_and_unload(
+        self,
+        progressbar: bool = True,
+        probe_inputs: Optional[dict[str, torch.Tensor]] = None,
+        atol: Optional[float] = None,
+    ) -> nn.Module:
+        """Fold every compactor into its weight and return a standard, narrower transformers model of the
+        teacher's class (`BertForMaskedLM` for an MLM teacher) with ``tie_word_embeddings=False``.
+
+        The WIDModel itself is left untouched. With `probe_inputs` (a batch for the model) the merge is verified:
+        the max abs deviation of the student's outputs from this model's is logged and kept in
+        ``self.last_merge_deviation``; with `atol` a larger deviation raises. Merging before hard masks are on is
+        allowed but inexact, and always reported with the measured deviation (a random probe is used if none is
+        given).
+        """
+        student = build_student(self, progressbar=progressbar)
+        exact = self.masks.is_hard
+        self.last_merge_deviation = None
+        if probe_inputs is not None or not exact:
+            probe = probe_inputs if probe_inputs is not None else self._random_probe()
+            deviation = self.merge_deviation(student, probe)
+            self.last_merge_deviation = deviation
+            if not exact:
+                warnings.warn(
+                    f"merge_and_unload() before the masks are final (hard masks off, pruning ends at step "
+                    f"{self.pruning_end_step}): pruned entries are not yet zero, so the student differs from the "
+                    f"compactor model by up to {deviation:.3g} (max abs logit difference on a probe batch). Call "
+                    "finalize_masks() first for an exact merge.",
+                    stacklevel=2,
+                )
+            else:
+                logger.info("merge verified: max abs deviation %.3g on the probe batch", deviation)
+            if atol is not None and deviation > atol:
+                raise RuntimeError(f"merged student deviates by {deviation:.3g} > atol={atol}")
+        return student
+
+    @torch.no_grad()
+    def merge_deviation(self, student: nn.Module, inputs: dict[str, torch.Tensor]) -> float:
+        """Max abs difference between this model's and `student`'s first output (logits) on `inputs`, eval mode."""
+        inputs = {k: v for k, v in inputs.items() if k != "labels"}
+        was_training, student_training = self.training, student.training
+        self.eval()
+        student.eval()
+        try:
+            ours = _first_output(self(**inputs))
+            theirs = _first_output(student(**inputs))
+        finally:
+            self.train(was_training)
+            student.train(student_training)
+        if ours.shape != theirs.shape:  # a bare encoder: compare the kept hidden dims (the others are zero)
+            ours = ours.index_select(-1, self.masks.kept_index("hidden"))
+        return float((ours.float() - theirs.float()).abs().max())
+
+    def _random_probe(self) -> dict[str, torch.Tensor]:
+        generator = torch.Generator().manual_seed(0)
+        vocab = self.base_model.config.vocab_size
+        ids = torch.randint(0, vocab, (2, 16), generator=generator).to(self.masks.hard.device)
+        return {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
+
+    # ------------------------------------------------------------------ save / load
+    def wid_state_dict(self, include_inherited: bool = True) -> dict[str, torch.Tensor]:
+        """Compactors, masks and (by default) the inherited weights, each tensor once (tied ones deduplicated)."""
+        state, seen = {}, set()
+        full = self.state_dict()
+        for name, param in self.named_parameters():  # named_parameters drops tied duplicates
+            if include_inherited or ".compactor" in name:
+                state[name] = param
+                seen.add(name)
+        for name, tensor in full.items():
+            if name.startswith("masks.") or (include_inherited and name not in seen and _is_buffer(self, name)):
+                state[name] = tensor
+        return {k: v.detach().contiguous() for k, v in state.items()}
+
+    def save_pretrained(self, save_directory: str | os.PathLike, include_inherited: bool = True, **kwargs) -> None:
+        """Write ``wid_config.json`` and ``wid_model.safetensors`` (compactors, masks and, by default, the
+        inherited weights, which WID also trains). Load with ``WIDModel.from_pretrained(teacher, save_directory)``."""
+        from safetensors.torch import save_file
+
+        os.makedirs(save_directory, exist_ok=True)
+        meta = {
+            "wid_config": self.wid_config.to_dict(),
+            "teacher": {
+                "class": type(self.base_model).__name__,
+                "name_or_path": getattr(self.base_model.config, "_name_or_path", None),
+                "hidden_size": self.teacher_dims.hidden_size,
+                "intermediate_size": self.teacher_dims.intermediate_size,
+                "num_attention_heads": self.teacher_dims.num_attention_heads,
+                "num_hidden_layers": self.base_model.config.num_hidden_layers,
+            },
+            "include_inherited": include_inherited,
+            "wid_hf_version": __version__,
+        }
+        with open(os.path.join(save_directory, CONFIG_NAME), "w", encoding="utf-8") as f:
+            json.dump(meta, f, indent=2, sort_keys=True)
+            f.write("\n")
+        tensors = {k: v.cpu() for k, v in self.wid_state_dict(include_inherited).items()}
+        save_file(tensors, os.path.join(save_directory, WEIGHTS_NAME), metadata={"format": "pt"})
+
+    @classmethod
+    def from_pretrained(cls, model: nn.Module, path: str | os.PathLike, **kwargs: Any) -> "WIDModel":
+        """Inject compactors into `model` (the same teacher) and load a state written by `save_pretrained`.
+
+        `path` is a local directory or a Hub repo id (downloaded with huggingface_hub; `kwargs` such as
+        ``revision`` or ``token`` are passed to it)."""
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+
+        directory = _resolve_directory(path, **kwargs)
+        config_path = os.path.join(directory, CONFIG_NAME)
+        try:
+            with open(config_path, encoding="utf-8") as f:
+                meta = json.load(f)
+        except FileNotFoundError as err:
+            raise FileNotFoundError(f"{path!r} holds no {CONFIG_NAME}; is it a WIDModel.save_pretrained directory?") from err
+        except json.JSONDecodeError as err:
+            raise ValueError(f"{config_path} is not valid JSON ({err}); the WID checkpoint is corrupt.") from err
+        teacher_meta = meta.get("teacher", {})
+        dims = TeacherDims.from_model_config(model.config)
+        saved = {k: teacher_meta.get(k) for k in ("hidden_size", "intermediate_size", "num_attention_heads")}
+        if saved and all(v is not None for v in saved.values()) and saved != vars(dims):
+            raise ValueError(
+                f"The WID checkpoint at {path!r} was made for a teacher with {saved}, but this teacher has "
+                f"{vars(dims)}. Pass the teacher the checkpoint was trained from."
+            )
+        wid = cls(model, WIDConfig.from_dict(meta.get("wid_config", meta)))
+        weights = os.path.join(directory, WEIGHTS_NAME)
+        try:
+            tensors = load_file(weights, device=str(next(model.parameters()).device))
+        except FileNotFoundError as err:
+            raise FileNotFoundError(f"{weights} is missing; the WID checkpoint is incomplete.") from err
+        except (SafetensorError, OSError, ValueError) as err:
+            raise ValueError(f"Could not read {weights} ({err}); the file is corrupt or truncated.") from err
+        wid.load_wid_state_dict(tensors, source=str(weights))
+        return wid
+
+    def load_wid_state_dict(self, tensors: dict[str, torch.Tensor], source: str = "the checkpoint") -> None:
+        expected = self.wid_state_dict(include_inherited=True)
+        required = {k for k in expected if ".compactor" in k or k.startswith("masks.")}
+        missing = sorted(required - set(tensors))
+        unexpected = sorted(set(tensors) - set(expected))
+        if missing or unexpected:
+            raise ValueError(
+                f"{source} does not match this model: missing {missing[:5]}{'...' if len(missing) > 5 else ''}, "
+                f"unexpected {unexpected[:5]}{'...' if len(unexpected) > 5 else ''}. Was it saved from a different "
+                "teacher or wid_hf version?"
+            )
+        for key, value in tensors.items():
+            if expected[key].shape != value.shape:
+                raise ValueError(
+                    f"{source}: {key} has shape {tuple(value.shape)}, this model expects {tuple(expected[key].shape)}."
+                )
+        self.load_state_dict(tensors, strict=False)
+
+
+def get_wid_model(model: nn.Module, config: WIDConfig) -> WIDModel:
+    """Inject identity-initialised compactors around every weight matrix of a BERT model, in place.
+
+    Only compactors are created: the teacher's tensors are reused, not copied. The returned `WIDModel` computes
+    exactly what the teacher computes until training moves the compactors.
+
+    Example:
+        >>> from wid_hf import WIDConfig, get_wid_model
+        >>> model = get_wid_model(teacher, WIDConfig.from_preset("wid55"))   # doctest: +SKIP
+    """
+    if not isinstance(config, WIDConfig):
+        raise TypeError(f"config must be a WIDConfig, got {type(config).__name__}")
+    return WIDModel(model, config)
+
+
+def _first_output(output) -> torch.Tensor:
+    if torch.is_tensor(output):
+        return output
+    if hasattr(output, "logits"):
+        return output.logits
+    if hasattr(output, "start_logits"):
+        return torch.cat([output.start_logits, output.end_logits], dim=-1)
+    return output[0]
+
+
+def _is_buffer(module: nn.Module, name: str) -> bool:
+    prefix, _, leaf = name.rpartition(".")
+    owner = module.get_submodule(prefix) if prefix else module
+    return leaf in owner._buffers
+
+
+def _resolve_directory(path, **kwargs) -> str:
+    path = os.fspath(path)
+    if os.path.isdir(path):
+        return path
+    if os.path.exists(path):
+        raise ValueError(f"{path!r} is a file; pass the directory written by WIDModel.save_pretrained.")
+    if path.count("/") > 1 or path.startswith((".", "/", "~")):
+        raise FileNotFoundError(f"No WID checkpoint directory at {path!r}.")
+    from huggingface_hub import snapshot_download
+
+    return snapshot_download(repo_id=path, allow_patterns=[CONFIG_NAME, WEIGHTS_NAME], **kwargs)
