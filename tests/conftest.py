@@ -68,3 +68,36 @@ def python_without_wid_hf() -> str:
 @pytest.fixture
 def teacher():
     return tiny_teacher()
+
+
+SPECIAL = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+
+
+def tiny_tokenizer(directory, vocab=120):
+    """A real WordPiece BertTokenizerFast over a made-up vocabulary (w0, w1, ...), written to `directory`."""
+    from transformers import BertTokenizerFast
+
+    os.makedirs(directory, exist_ok=True)
+    path = os.path.join(str(directory), "vocab.txt")
+    with open(path, "w") as f:
+        f.write("\n".join(SPECIAL + [f"w{i}" for i in range(vocab - len(SPECIAL))]) + "\n")
+    return BertTokenizerFast(vocab_file=path)
+
+
+def mlm_dataset(n=64, length=16, vocab=120, seed=0, static_labels=True):
+    """Random token sequences; with `static_labels` the 15% masking is done once here (so runs that differ only in
+    how they batch see identical inputs), otherwise a DataCollatorForLanguageModeling masks on the fly."""
+    from datasets import Dataset
+
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(len(SPECIAL), vocab, (n, length), generator=g)
+    ids[:, 0], ids[:, -1] = 2, 3
+    data = {"input_ids": ids.tolist(), "attention_mask": torch.ones_like(ids).tolist()}
+    if static_labels:
+        pick = torch.rand(ids.shape, generator=g) < 0.15
+        pick[:, 0] = pick[:, -1] = False
+        pick[:, 1] = True  # at least one target per row
+        labels = torch.where(pick, ids, torch.full_like(ids, -100))
+        data["labels"] = labels.tolist()
+        data["input_ids"] = torch.where(pick, torch.full_like(ids, 4), ids).tolist()
+    return Dataset.from_dict(data)

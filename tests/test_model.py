@@ -180,7 +180,7 @@ def test_penalty_warmup_then_pruned_entries_only():
     model(**random_batch()).logits.sum().backward()
     task_grad = layer.compactor_in.grad.clone()
     momentum = opt.state[layer.compactor_in]["exp_avg"].clone()
-    model.apply_penalty(step=2, optimizer=opt)
+    model.apply_penalty(step=3, optimizer=opt)  # steps 1..mask_interval are the warm-up
     pruned = ~model.masks.get("ffn_0")
     W = layer.compactor_in.detach()
     assert torch.equal(layer.compactor_in.grad[:, ~pruned], task_grad[:, ~pruned])
@@ -328,3 +328,23 @@ def test_corrupt_or_mismatched_checkpoints_are_clear_errors(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(FileNotFoundError, match="holds no wid_config.json"):
         WIDModel.from_pretrained(tiny_teacher(), tmp_path / "empty")
+
+
+def test_student_parameter_count_predicts_the_merge():
+    model = trained_wid(tiny_teacher(), target_hidden_size=24, target_intermediate_size=40)
+    assert model.student_parameter_count() == count_parameters(model.merge_and_unload(progressbar=False))
+    full = tiny_teacher()
+    full.config.tie_word_embeddings = False
+    assert model.teacher_parameter_count() == bert_mlm_parameter_count(full.config, include_decoder=True)
+
+
+def test_wid_step_runs_the_schedule_then_hardens():
+    model = get_wid_model(tiny_teacher(), WIDConfig(target_hidden_size=24, target_intermediate_size=40, **FAST))
+    perturb_compactors(model)
+    assert (model.pruning_end_step, model.hard_mask_step) == (8, 10)
+    for step in range(1, 10):
+        model.wid_step(step)
+        assert not model.hard_masks_active
+    assert model.kept_sizes()["ffn_0"] == 40
+    model.wid_step(10)
+    assert model.hard_masks_active and model.kept_sizes()["hidden"] == 24

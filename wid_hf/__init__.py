@@ -8,5 +8,6 @@ __version__ = "0.1.0"
 
 from .config import WIDConfig  # noqa: E402
 from .model import WIDModel, get_wid_model  # noqa: E402
+from .trainer import WIDCallback, WIDTrainer, WIDTrainingArguments  # noqa: E402
 
-__all__ = ["WIDConfig", "WIDModel", "get_wid_model", "__version__"]
+__all__ = ["WIDConfig", "WIDModel", "get_wid_model", "WIDTrainer", "WIDTrainingArguments", "WIDCallback", "__version__"]

@@ -28,7 +28,7 @@ from . import __version__
 from .config import CONFIG_NAME, TeacherDims, WIDConfig
 from .layer import EmbeddingCompactor, MaskedLayerNorm, WIDLinear, WIDMasks
 from .mask_groups import MaskGroup, broadcast_mask, select_kept
-from .merge import build_student
+from .merge import EMBEDDING_TABLES, build_student
 from .schedule import pruned_count, pruning_end_step
 
 logger = logging.getLogger(__name__)
@@ -148,6 +148,7 @@ class WIDModel(nn.Module):
                 "of transformers' modeling_bert.py."
             )
         self._set_score_sources(model, prefix)
+        self._embeddings_path = prefix + "embeddings"
 
     def _replace(self, name: str, module: nn.Module, wrapper: str, in_g, out_g) -> None:
         parent_name, _, child = name.rpartition(".")
@@ -219,8 +220,50 @@ class WIDModel(nn.Module):
         return pruning_end_step(self.wid_config, self.teacher_dims, kinds)
 
     @property
+    def hard_mask_step(self) -> Optional[int]:
+        """Optimizer step at which `wid_step` switches to hard masks: one interval after the last increment, so
+        the entries pruned last have decayed under the penalty before they are zeroed. None if hard masks are off."""
+        return self.pruning_end_step + self.wid_config.mask_interval if self.wid_config.hard_masks else None
+
+    @property
     def hard_masks_active(self) -> bool:
         return self.masks.is_hard
+
+    def wid_step(self, step: int, optimizer: Optional[torch.optim.Optimizer] = None) -> None:
+        """Everything WID does before optimizer step `step` (1-based: ``trainer.state.global_step + 1``), once the
+        step's gradients are complete and clipped: recompute the masks at every interval, switch to hard masks at
+        `hard_mask_step`, and apply the penalty. `WIDTrainer` calls this; call it yourself in a custom loop."""
+        if not self.masks.is_hard:
+            if self.hard_mask_step is not None and step >= self.hard_mask_step:
+                self.finalize_masks(optimizer)
+            elif step % self.wid_config.mask_interval == 0:
+                self.update_masks(step)
+        self.apply_penalty(step, optimizer)
+
+    def student_parameter_count(self) -> int:
+        """Parameters the merged student would have with the current masks (decoder untied, as after a merge)."""
+        return self._parameter_count(self.masks.kept_count)
+
+    def teacher_parameter_count(self) -> int:
+        """The same count with nothing pruned: the teacher's size with an untied decoder, for ratios."""
+        return self._parameter_count(lambda group: self.groups[group].size)
+
+    def _parameter_count(self, kept) -> int:
+        count = 0
+        for module in self.base_model.modules():
+            if isinstance(module, WIDLinear):
+                rows = kept(module.out_group) if module.out_group else module.out_features
+                cols = kept(module.in_group) if module.in_group else module.in_features
+                count += rows * cols + (rows if module.base_layer.bias is not None else 0)
+            elif isinstance(module, EmbeddingCompactor):
+                embeddings = self.base_model.get_submodule(self._embeddings_path)
+                count += sum(getattr(embeddings, t).num_embeddings for t in EMBEDDING_TABLES) * kept(module.group)
+            elif isinstance(module, MaskedLayerNorm):
+                count += 2 * kept(module.group)
+        predictions = getattr(getattr(self.base_model, "cls", None), "predictions", None)
+        if predictions is not None:
+            count += predictions.bias.numel()  # separate from decoder.bias once untied
+        return count
 
     def kept_sizes(self) -> dict[str, int]:
         """Kept width of every group, e.g. ``{"hidden": 516, "attention_0": 516, "ffn_0": 2064, ...}``."""
@@ -228,7 +271,7 @@ class WIDModel(nn.Module):
 
     @torch.no_grad()
     def update_masks(self, step: int) -> dict[str, int]:
-        """Recompute every mask group from scratch for optimizer step `step` (WID_SPEC.md §5): prune the
+        """Recompute every mask group from scratch for optimizer step `step` (1-based, WID_SPEC.md §5): prune the
         scheduled number of lowest-importance indices. A no-op once hard masks are on (the masks are final)."""
         if not self.masks.is_hard:
             for group in self.groups.values():
@@ -265,23 +308,25 @@ class WIDModel(nn.Module):
 
     @torch.no_grad()
     def zero_pruned_(self, optimizer: Optional[torch.optim.Optimizer] = None) -> None:
-        """Set every pruned entry (and, given an optimizer, its state) to exactly zero."""
+        """Set every pruned entry, its pending gradient and (given an optimizer) its state to exactly zero."""
         state = getattr(optimizer, "state", {}) if optimizer is not None else {}
         for group in self.groups.values():
             kept = self.masks.get(group.name)
             for param, how in group.penalised_tensors():
                 keep = broadcast_mask(kept, how).to(param.dtype)
                 param.mul_(keep)
+                if param.grad is not None:
+                    param.grad.mul_(keep.to(param.grad.dtype))
                 for value in state.get(param, {}).values():
                     if torch.is_tensor(value) and value.shape == param.shape:
                         value.mul_(keep.to(value.dtype))
 
     @torch.no_grad()
     def apply_penalty(self, step: int, optimizer: Optional[torch.optim.Optimizer] = None) -> None:
-        """Apply WID's sparsity penalty to the gradients of optimizer step `step` (WID_SPEC.md §5).
+        """Apply WID's sparsity penalty to the gradients of optimizer step `step` (1-based; WID_SPEC.md §5).
 
         Call it after gradients are complete (accumulated, unscaled and clipped) and before ``optimizer.step()``.
-        During the first interval every compactor gets an extra ``warmup_l2 * W``. Afterwards the gradient of
+        During the first interval (steps 1..mask_interval) every compactor gets an extra ``warmup_l2 * W``. Afterwards the gradient of
         each pruned entry is replaced by ``min(lambda, 1) * W`` and, with an Adam-type optimizer, its first moment
         is pushed by ``0.1 * (lambda - 1) * W``; kept entries keep their task gradient and moments untouched.
         Nothing is done under hard masks: pruned entries are exactly zero and receive no gradient.
@@ -289,7 +334,7 @@ class WIDModel(nn.Module):
         cfg = self.wid_config
         if self.masks.is_hard:
             return
-        if step < cfg.mask_interval:
+        if step <= cfg.mask_interval:
             if cfg.warmup_l2:
                 for param in self.compactor_parameters():
                     if param.grad is not None:

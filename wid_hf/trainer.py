@@ -1,0 +1,269 @@
+"""`WIDTrainer`: a drop-in `transformers.Trainer` that runs plain masked-LM training on a `WIDModel` while a thin
+callback drives the compactor-sparsity schedule that lives on the model.
+
+Example:
+    >>> from wid_hf import WIDConfig, WIDTrainer, WIDTrainingArguments
+    >>> args = WIDTrainingArguments("out", max_steps=10_000, compactor_learning_rate=5e-5)   # doctest: +SKIP
+    >>> trainer = WIDTrainer(model=teacher, wid_config=WIDConfig.from_preset("wid55"), args=args,
+    ...                      train_dataset=ds, data_collator=collator)                    # doctest: +SKIP
+    >>> trainer.train(); trainer.save_student("student")                                   # doctest: +SKIP
+
+Where things live: the *schedule* (mask interval, pruning length, penalty) is part of the method and of the saved
+WID state, so it lives in `WIDConfig` and travels with every checkpoint; `WIDTrainingArguments` only adds the
+optimisation knobs a Trainer needs (the compactor learning rate and weight decay, where to save the student).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import warnings
+from dataclasses import dataclass, field
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from transformers import Trainer, TrainerCallback, TrainingArguments
+from transformers.utils import can_return_loss, find_labels
+
+from .config import CONFIG_NAME, WIDConfig
+from .model import WEIGHTS_NAME, WIDModel, get_wid_model
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class WIDTrainingArguments(TrainingArguments):
+    """`TrainingArguments` with WID's optimisation defaults (WID_SPEC.md §6) and two learning rates.
+
+    ``learning_rate`` is the rate of the inherited teacher weights, biases and LayerNorms (reference 1e-6);
+    ``compactor_learning_rate`` that of the compactors (reference 5e-5). Both follow the same warm-up/decay.
+    """
+
+    learning_rate: float = field(default=1e-6, metadata={"help": "Learning rate of the inherited teacher weights."})
+    compactor_learning_rate: float = field(default=5e-5, metadata={"help": "Learning rate of the compactors."})
+    compactor_weight_decay: Optional[float] = field(
+        default=None, metadata={"help": "Weight decay of the compactors (default: weight_decay)."}
+    )
+    weight_decay: float = field(default=0.01, metadata={"help": "Weight decay (never on biases and LayerNorms)."})
+    adam_epsilon: float = field(default=1e-6, metadata={"help": "Epsilon of AdamW (reference 1e-6)."})
+    warmup_steps: float = field(
+        default=0.01, metadata={"help": "Linear warm-up: steps, or a ratio of the total in [0, 1) (reference: 0.01)."}
+    )
+    prediction_loss_only: bool = field(
+        default=True,
+        metadata={"help": "Evaluate the masked-LM loss only (keeping vocabulary-sized logits costs a lot of memory)."},
+    )
+    save_student_to: Optional[str] = field(
+        default=None, metadata={"help": "After training, merge and save the student here (save_pretrained)."}
+    )
+
+
+class WIDCallback(TrainerCallback):
+    """Calls the model's schedule at the right point of every optimizer step. Holds no WID logic itself."""
+
+    def on_train_begin(self, args, state, control, model=None, **kwargs):
+        wid = _unwrap_wid(model)
+        end = wid.hard_mask_step or wid.pruning_end_step
+        if state.max_steps and state.max_steps < end:
+            message = (
+                f"max_steps={state.max_steps} ends before the pruning schedule does (every mask reaches its target at "
+                f"step {wid.pruning_end_step}, hard masks at step {end}): the merged student will not be exact. "
+                "Train longer, or shorten the schedule (WIDConfig.mask_interval / pruning_intervals)."
+            )
+            warnings.warn(message, stacklevel=2)
+            logger.warning(message)
+
+    def on_pre_optimizer_step(self, args, state, control, model=None, optimizer=None, **kwargs):
+        # Gradients are accumulated, all-reduced, unscaled and clipped here; the optimizer has not stepped yet.
+        _unwrap_wid(model).wid_step(state.global_step + 1, optimizer)
+
+
+class WIDTrainer(Trainer):
+    """A `transformers.Trainer` for WID. Same constructor, plus `wid_config`.
+
+    Accepts a `WIDModel`, or a plain BERT model together with a `WIDConfig` (compactors are then injected). Builds
+    the two optimizer groups of WID_SPEC.md §6, drives the mask schedule and penalty through `WIDCallback`,
+    computes the masked-LM loss normalised over the whole accumulated batch, saves and resumes the WID state in
+    every checkpoint, and logs the kept widths (``wid/kept_*``), pruned fraction, pruned-entry norm and student
+    size through ``report_to``.
+    """
+
+    def __init__(self, model=None, args: Optional[TrainingArguments] = None, *pargs, wid_config: Optional[WIDConfig] = None, **kwargs):
+        if model is None:
+            raise ValueError("WIDTrainer needs a model: a WIDModel, or a BERT model together with wid_config.")
+        if not isinstance(model, WIDModel):
+            if wid_config is None:
+                raise ValueError(
+                    f"Got a {type(model).__name__} without a wid_config. Pass wid_config=WIDConfig(...) to inject "
+                    "compactors, or a model returned by get_wid_model()."
+                )
+            model = get_wid_model(model, wid_config)
+        elif wid_config is not None and wid_config.resolve(model.teacher_dims) != model.wid_config:
+            raise ValueError("The WIDModel was built with a different WIDConfig than the wid_config passed.")
+        if args is None:
+            args = WIDTrainingArguments(output_dir="tmp_wid_trainer")
+        super().__init__(model, args, *pargs, **kwargs)
+        if self.is_deepspeed_enabled or self.is_fsdp_enabled:
+            raise ValueError(
+                "WIDTrainer does not support DeepSpeed or FSDP: mask selection needs every compactor whole on every "
+                "rank. Use DDP (torchrun / accelerate launch without a DeepSpeed or FSDP config)."
+            )
+        if self.args.fp16 and self.args.max_grad_norm <= 0:
+            raise ValueError(
+                "fp16 with max_grad_norm <= 0 leaves gradients scaled when WID's penalty is applied. Use bf16, or keep "
+                "gradient clipping on (max_grad_norm > 0), which unscales them first."
+            )
+        base_class = type(self.model.base_model)
+        # Trainer reads label names and loss support off the model class; WIDModel.forward takes **kwargs.
+        if self.args.label_names is None:
+            self.label_names = find_labels(base_class)
+        self.can_return_loss = can_return_loss(base_class)
+        self._is_mlm = base_class.__name__ == "BertForMaskedLM"
+        # Our MLM loss is normalised by the number of masked tokens over the whole accumulated batch; other task
+        # models average per micro-batch and Trainer must divide by the accumulation steps.
+        self.model_accepts_loss_kwargs = self._is_mlm
+        self.add_callback(WIDCallback())
+
+    @property
+    def wid_model(self) -> WIDModel:
+        return self.model
+
+    # ------------------------------------------------------------------ optimisation
+    def create_optimizer(self, model=None):
+        if self.optimizer is not None:
+            return self.optimizer
+        wid = _unwrap_wid(model if model is not None else self.model)
+        compactor_ids = {id(p) for p in wid.compactor_parameters()}
+        decay = set(self.get_decay_parameter_names(wid))
+        lr_c = getattr(self.args, "compactor_learning_rate", self.args.learning_rate)
+        wd_c = getattr(self.args, "compactor_weight_decay", None)
+        wd_c = self.args.weight_decay if wd_c is None else wd_c
+        groups = {"compactors": [], "decay": [], "no_decay": []}
+        for name, p in wid.named_parameters():
+            if not p.requires_grad:
+                continue
+            key = "compactors" if id(p) in compactor_ids else "decay" if name in decay else "no_decay"
+            groups[key].append(p)
+        param_groups = [
+            {"params": groups["compactors"], "lr": lr_c, "weight_decay": wd_c},
+            {"params": groups["decay"], "weight_decay": self.args.weight_decay},
+            {"params": groups["no_decay"], "weight_decay": 0.0},
+        ]
+        optimizer_cls, optimizer_kwargs = self.get_optimizer_cls_and_kwargs(self.args, wid)
+        self.optimizer = optimizer_cls([g for g in param_groups if g["params"]], **optimizer_kwargs)
+        return self.optimizer
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None, **kwargs):
+        if not self._is_mlm or "labels" not in inputs or self.label_smoother is not None or self.compute_loss_func:
+            return super().compute_loss(model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch)
+        labels = inputs["labels"]
+        outputs = model(**{k: v for k, v in inputs.items() if k != "labels"})
+        logits = outputs.logits
+        loss = F.cross_entropy(
+            logits.view(-1, logits.shape[-1]).float(), labels.view(-1).to(logits.device), ignore_index=-100, reduction="sum"
+        )
+        if num_items_in_batch is None:
+            loss = loss / labels.ne(-100).sum().clamp(min=1)
+        else:
+            loss = loss / num_items_in_batch
+            if self.args.average_tokens_across_devices and self.accelerator.num_processes > 1:
+                loss = loss * self.accelerator.num_processes  # DDP averages gradients; the count is global
+        return (loss, outputs) if return_outputs else loss
+
+    # ------------------------------------------------------------------ logging
+    def log(self, logs: dict[str, float], *args, **kwargs) -> None:
+        if "loss" in logs:  # training logs only, not eval
+            logs.update(wid_metrics(self.wid_model))
+        super().log(logs, *args, **kwargs)
+
+    # ------------------------------------------------------------------ checkpoints
+    def _set_signature_columns_if_needed(self):
+        # Keep the dataset columns the *wrapped* BERT accepts (WIDModel.forward takes **kwargs).
+        if self._signature_columns is None:
+            import inspect
+
+            params = inspect.signature(self.wid_model.base_model.forward).parameters
+            self._signature_columns = list(params) + list({"label", "label_ids", *self.label_names})
+
+    def _save(self, output_dir: Optional[str] = None, state_dict=None) -> None:
+        output_dir = output_dir if output_dir is not None else self.args.output_dir
+        if not self.args.should_save:
+            return
+        os.makedirs(output_dir, exist_ok=True)
+        self.wid_model.save_pretrained(output_dir)
+        if self.processing_class is not None:
+            self.processing_class.save_pretrained(output_dir)
+        torch.save(self.args, os.path.join(output_dir, "training_args.bin"))
+
+    def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
+        self._load_wid_state(resume_from_checkpoint)
+
+    def _load_best_model(self):
+        self._load_wid_state(self.state.best_model_checkpoint)
+
+    def _load_wid_state(self, directory: str) -> None:
+        from safetensors.torch import load_file
+
+        weights = os.path.join(directory, WEIGHTS_NAME)
+        if not os.path.isfile(weights) or not os.path.isfile(os.path.join(directory, CONFIG_NAME)):
+            raise ValueError(
+                f"{directory} is not a WIDTrainer checkpoint (no {WEIGHTS_NAME} / {CONFIG_NAME}). Resume from a "
+                "checkpoint-N folder written by WIDTrainer."
+            )
+        saved = WIDConfig.from_pretrained(directory)
+        if saved.resolve(self.wid_model.teacher_dims) != self.wid_model.wid_config:
+            raise ValueError(
+                f"The checkpoint at {directory} was trained with a different WIDConfig ({saved}); resume with the "
+                "same configuration, or start a new output_dir."
+            )
+        device = next(self.wid_model.parameters()).device
+        try:
+            tensors = load_file(weights, device=str(device))
+        except Exception as err:  # safetensors raises several types for truncated files
+            raise ValueError(f"Could not read {weights} ({err}); the checkpoint is corrupt. Resume from an earlier one.") from err
+        self.wid_model.load_wid_state_dict(tensors, source=weights)
+
+    # ------------------------------------------------------------------ the student
+    def train(self, *args, **kwargs):
+        output = super().train(*args, **kwargs)
+        if getattr(self.args, "save_student_to", None):
+            self.save_student(self.args.save_student_to)
+        return output
+
+    def save_student(self, path: str, **merge_kwargs):
+        """Merge the compactors and save the student (plus the tokenizer, if the trainer has one) to `path`.
+        Every rank merges (so every rank holds the same student); only the main process writes. Returns it."""
+        student = self.wid_model.merge_and_unload(progressbar=self.is_world_process_zero(), **merge_kwargs)
+        if self.args.should_save:
+            student.save_pretrained(path)
+            if self.processing_class is not None:
+                self.processing_class.save_pretrained(path)
+        return student
+
+
+def wid_metrics(model: WIDModel) -> dict[str, float]:
+    """What `WIDTrainer` logs: kept widths per group kind, the fraction of the teacher's parameters pruned so
+    far, the norm of the pruned compactor entries, and the student's parameter count with the current masks."""
+    model = _unwrap_wid(model)
+    kept = model.kept_sizes()
+    metrics: dict[str, float] = {}
+    for kind in ("hidden", "attention", "ffn", "head", "pooler"):
+        sizes = [v for k, v in kept.items() if k.split("_")[0] == kind]
+        if sizes:
+            metrics[f"wid/kept_{kind}"] = float(min(sizes))
+    student = model.student_parameter_count()
+    teacher = model.teacher_parameter_count()
+    metrics["wid/student_params"] = float(student)
+    metrics["wid/pruned_fraction"] = 1.0 - student / teacher
+    metrics["wid/pruned_norm"] = float(sum(v**2 for v in model.pruned_norms().values()) ** 0.5)
+    metrics["wid/hard_masks"] = float(model.hard_masks_active)
+    return metrics
+
+
+def _unwrap_wid(model) -> WIDModel:
+    while not isinstance(model, WIDModel) and hasattr(model, "module"):
+        model = model.module  # DDP / accelerate wrappers
+    if not isinstance(model, WIDModel):
+        raise TypeError(f"expected a WIDModel, got {type(model).__name__}")
+    return model
