@@ -75,13 +75,13 @@ SPECIAL = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 
 def tiny_tokenizer(directory, vocab=120):
     """A real WordPiece BertTokenizerFast over a made-up vocabulary (w0, w1, ...), written to `directory`."""
-    from transformers import BertTokenizerFast
+    from transformers import BertTokenizer
 
     os.makedirs(directory, exist_ok=True)
-    path = os.path.join(str(directory), "vocab.txt")
-    with open(path, "w") as f:
-        f.write("\n".join(SPECIAL + [f"w{i}" for i in range(vocab - len(SPECIAL))]) + "\n")
-    return BertTokenizerFast(vocab_file=path)
+    tokens = SPECIAL + [f"w{i}" for i in range(vocab - len(SPECIAL))]
+    tokenizer = BertTokenizer(vocab={t: i for i, t in enumerate(tokens)})
+    tokenizer.save_pretrained(directory)
+    return tokenizer
 
 
 def mlm_dataset(n=64, length=16, vocab=120, seed=0, static_labels=True):

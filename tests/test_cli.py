@@ -1,0 +1,207 @@
+"""`wid-hf` end to end on a tiny teacher and corpus: compress -> merge -> evaluate, resume after an interruption,
+and a one-line error for each kind of bad input."""
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+from conftest import ROOT, tiny_config, tiny_tokenizer
+from transformers import BertForMaskedLM, BertModel, GPT2Config, GPT2LMHeadModel
+
+from wid_hf import cli
+
+WORDS = [f"w{i}" for i in range(115)]
+
+
+def write_corpus(path, n_docs=120, seed=0, words=30):
+    g = torch.Generator().manual_seed(seed)
+    with open(path, "w") as f:
+        for _ in range(n_docs):
+            ids = torch.randint(0, len(WORDS), (words,), generator=g)
+            f.write(" ".join(WORDS[i] for i in ids) + "\n")
+    return str(path)
+
+
+@pytest.fixture
+def workspace(tmp_path):
+    tokenizer = tiny_tokenizer(tmp_path / "teacher")
+    torch.manual_seed(0)
+    BertForMaskedLM(tiny_config()).save_pretrained(tmp_path / "teacher")
+    tokenizer.save_pretrained(tmp_path / "teacher")
+    return {
+        "dir": tmp_path,
+        "teacher": str(tmp_path / "teacher"),
+        "tokenizer": tokenizer,
+        "train": write_corpus(tmp_path / "train.txt"),
+        "eval": write_corpus(tmp_path / "eval.txt", n_docs=30, seed=1),
+    }
+
+
+def compress_args(ws, out="out", **over):
+    args = {
+        "--teacher": ws["teacher"], "--corpus": ws["train"], "--eval-corpus": ws["eval"], "--ratio": "0.5",
+        "--steps": "12", "--batch-size": "4", "--seq-len": "32", "--mask-interval": "2", "--pruning-intervals": "2",
+        "--eval-sequences": "8", "--save-steps": "4", "--head-warmup-steps": "4", "--output-dir": str(ws["dir"] / out),
+        "--learning-rate": "1e-3", "--compactor-learning-rate": "1e-2",
+    }
+    args.update(over)
+    return ["compress", "--no-progress"] + [x for k, v in args.items() if v is not None for x in (k, v)]
+
+
+def run_cli(argv, capsys):
+    code = cli.main(argv)
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def test_compress_merge_evaluate(workspace, capsys):
+    code, out, err = run_cli(compress_args(workspace), capsys)
+    assert code == 0, err
+    job = workspace["dir"] / "out"
+    for name in ("report.json", "report.md", "training.png", "schedule.png", "student/config.json",
+                 "student/model.safetensors", "job.json"):
+        assert (job / name).is_file(), name
+    report = json.loads((job / "report.json").read_text())
+    assert report["student"]["hidden_size"] == 24 and report["student"]["intermediate_size"] == 48
+    assert report["training"]["steps"] == 12
+    assert report["student"]["merge_max_abs_deviation"] <= 1e-4
+    assert 0 <= report["heldout"]["student"]["mlm_accuracy"] <= 1
+    assert report["compression_ratio"] > 1.5 and report["inference"]["flop_ratio"] > 1
+    assert "held-out masked-LM accuracy" in (job / "report.md").read_text()
+
+    # the student loads with plain transformers in a process that never imports wid_hf
+    check = textwrap.dedent(f"""
+        import sys
+        from transformers import BertForMaskedLM
+        m = BertForMaskedLM.from_pretrained({str(job / 'student')!r})
+        assert 'wid_hf' not in sys.modules and m.config.hidden_size == 24
+    """)
+    assert subprocess.run([sys.executable, "-c", check], capture_output=True).returncode == 0
+
+    code, out, err = run_cli(["merge", "--checkpoint", str(job), "--output", str(workspace["dir"] / "merged")], capsys)
+    assert code == 0, err
+    merged = BertForMaskedLM.from_pretrained(workspace["dir"] / "merged")
+    original = BertForMaskedLM.from_pretrained(job / "student")
+    for (n, a), (_, b) in zip(merged.state_dict().items(), original.state_dict().items()):
+        assert torch.allclose(a, b, atol=1e-6), n
+
+    results = workspace["dir"] / "eval.json"
+    code, out, err = run_cli(["evaluate", "--model", workspace["teacher"], "--model", str(job / "student"),
+                              "--eval-corpus", workspace["eval"], "--sequences", "8", "--seq-len", "32",
+                              "--output", str(results)], capsys)
+    assert code == 0, err
+    data = json.loads(results.read_text())
+    assert set(data) == {workspace["teacher"], str(job / "student")}
+    assert out.count("held-out MLM loss") == 2
+
+
+def test_interrupted_job_resumes_where_it_stopped(workspace, capsys, monkeypatch):
+    from wid_hf import trainer as wid_trainer
+
+    def interrupt(self, args, state, control, **kw):
+        if state.global_step == 6:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(wid_trainer.WIDCallback, "on_step_end", interrupt, raising=False)
+    code, out, err = run_cli(compress_args(workspace), capsys)
+    assert code == 130 and "run the same command again to resume" in err
+    checkpoints = os.listdir(workspace["dir"] / "out" / "checkpoints")
+    assert "checkpoint-4" in checkpoints and "checkpoint-12" not in checkpoints
+    monkeypatch.undo()
+
+    code, out, err = run_cli(compress_args(workspace), capsys)
+    assert code == 0, err
+    assert "resuming from" in out and "checkpoint-4" in out
+    report = json.loads((workspace["dir"] / "out" / "report.json").read_text())
+    assert report["training"]["steps"] == 12
+
+
+def test_teacher_without_mlm_head_gets_one_first(workspace, capsys):
+    headless = workspace["dir"] / "encoder"
+    BertModel(tiny_config()).save_pretrained(headless)
+    workspace["tokenizer"].save_pretrained(headless)
+    code, out, err = run_cli(compress_args(workspace, **{"--teacher": str(headless)}), capsys)
+    assert code == 0, err
+    assert "has no MLM head" in out
+    report = json.loads((workspace["dir"] / "out" / "report.json").read_text())
+    assert report["teacher"]["has_mlm_head"] is False and "MLM head" in report["teacher"]["head_warmup"]
+    assert (workspace["dir"] / "out" / "teacher" / "final" / "config.json").is_file()
+
+
+def _one_line_error(code, err, *needles):
+    lines = [line for line in err.strip().splitlines() if line.startswith("wid-hf")]
+    assert code == 2 and len(lines) == 1, err
+    assert "Traceback" not in err
+    for needle in needles:
+        assert needle in lines[0], lines[0]
+
+
+def test_bad_inputs_get_one_line_errors(workspace, capsys):
+    ws = workspace
+    code, _, err = run_cli(compress_args(ws, **{"--teacher": str(ws["dir"] / "missing")}), capsys)
+    _one_line_error(code, err, "No teacher at")
+
+    gpt = ws["dir"] / "gpt2"
+    GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=32, n_head=2, vocab_size=50)).save_pretrained(gpt)
+    code, _, err = run_cli(compress_args(ws, **{"--teacher": str(gpt)}), capsys)
+    _one_line_error(code, err, "'gpt2' model", "BERT")
+
+    empty = ws["dir"] / "empty.txt"
+    empty.write_text("\n\n")
+    code, _, err = run_cli(compress_args(ws, out="o2", **{"--corpus": str(empty)}), capsys)
+    _one_line_error(code, err, "no text")
+
+    code, _, err = run_cli(compress_args(ws, out="o3", **{"--ratio": None, "--target-hidden-size": "22",
+                                                         "--target-intermediate-size": "40"}), capsys)
+    _one_line_error(code, err, "divisible by 4", "[20, 24]")
+
+    code, _, err = run_cli(compress_args(ws, out="o4", **{"--corpus": str(ws["dir"] / "nope.txt")}), capsys)
+    _one_line_error(code, err, "nope.txt")
+
+    assert run_cli(compress_args(ws, out="o5", **{"--steps": "4"}), capsys)[0] == 0
+    code, _, err = run_cli(compress_args(ws, out="o5", **{"--steps": "8"}), capsys)
+    _one_line_error(code, err, "different job", "max_steps", "--overwrite")
+
+    code, _, err = run_cli(["merge", "--checkpoint", str(ws["dir"] / "nowhere"), "--output", "x"], capsys)
+    _one_line_error(code, err, "No checkpoint")
+
+
+def test_help_is_complete():
+    for command in ("compress", "merge", "evaluate", "prepare-teacher"):
+        out = subprocess.run([sys.executable, "-m", "wid_hf", command, "--help"], capture_output=True, text=True,
+                             cwd=ROOT, env={**os.environ, "PYTHONPATH": ROOT})
+        assert out.returncode == 0 and "usage: wid-hf " + command in out.stdout, out.stderr
+    out = subprocess.run([sys.executable, "-m", "wid_hf", "compress", "--help"], capture_output=True, text=True,
+                         cwd=ROOT, env={**os.environ, "PYTHONPATH": ROOT}).stdout
+    for flag in ("--teacher", "--corpus", "--preset", "--ratio", "--steps", "--output-dir", "--seq-len"):
+        assert flag in out
+
+
+def test_prepare_teacher_and_finetune_evaluation(workspace, capsys):
+    headless = workspace["dir"] / "encoder"
+    BertModel(tiny_config()).save_pretrained(headless)
+    workspace["tokenizer"].save_pretrained(headless)
+    code, out, err = run_cli(["prepare-teacher", "--teacher", str(headless), "--corpus", workspace["train"],
+                              "--steps", "6", "--batch-size", "4", "--seq-len", "32",
+                              "--output", str(workspace["dir"] / "prepared")], capsys)
+    assert code == 0, err
+    prepared = workspace["dir"] / "prepared" / "final"
+    model = BertForMaskedLM.from_pretrained(prepared)
+    assert model.cls.predictions.transform.dense.weight.abs().sum() > 0
+
+    task = workspace["dir"] / "task.csv"
+    with open(task, "w") as f:
+        for i in range(60):
+            f.write(f'"{1 if i % 2 else -1}","{"w1 w2 w3" if i % 2 else "w7 w8 w9"} w{i % 50 + 10}"\n')
+    code, out, err = run_cli(["evaluate", "--model", str(prepared), "--eval-corpus", workspace["eval"],
+                              "--sequences", "4", "--seq-len", "32", "--task", "csv", "--task-file", str(task),
+                              "--seeds", "0", "1", "--epochs", "1", "--output", str(workspace["dir"] / "ft.json")],
+                             capsys)
+    assert code == 0, err
+    result = json.loads((workspace["dir"] / "ft.json").read_text())[str(prepared)]["finetune"]
+    assert result["metric"] == "accuracy" and len(result["scores"]) == 2 and result["eval_examples"] == 12
+    assert "local" in result["metric_source"] or result["metric_source"] == "evaluate"

@@ -1,0 +1,71 @@
+"""Measuring teachers and students: held-out masked-LM loss and accuracy, inference throughput, FLOPs."""
+
+from __future__ import annotations
+
+import statistics
+import time
+
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+
+@torch.no_grad()
+def evaluate_mlm(model, dataset, batch_size: int = 32, progressbar: bool = True, desc: str = "Masked-LM eval") -> dict:
+    """Mean masked-token cross-entropy and accuracy over a dataset with fixed ``labels`` (see `data.fixed_masks`)."""
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    total_loss, correct, count = 0.0, 0, 0
+    try:
+        for start in tqdm(range(0, len(dataset), batch_size), desc=desc, disable=not progressbar, leave=False):
+            rows = dataset[start : start + batch_size]
+            ids = torch.tensor(rows["input_ids"], device=device)
+            labels = torch.tensor(rows["labels"], device=device)
+            mask = torch.tensor(rows["attention_mask"], device=device) if "attention_mask" in rows else None
+            logits = model(input_ids=ids, attention_mask=mask).logits.float()
+            picked = labels != -100
+            total_loss += F.cross_entropy(logits[picked], labels[picked], reduction="sum").item()
+            correct += (logits[picked].argmax(-1) == labels[picked]).sum().item()
+            count += int(picked.sum())
+    finally:
+        model.train(was_training)
+    if count == 0:
+        raise ValueError("The evaluation set has no masked positions.")
+    return {"mlm_loss": total_loss / count, "mlm_accuracy": correct / count, "masked_tokens": count}
+
+
+@torch.no_grad()
+def inference_throughput(model, batch_size: int = 32, seq_len: int = 128, runs: int = 5, warmup: int = 1) -> dict:
+    """Median wall time of a forward pass on one random batch (eval mode), and sequences per second."""
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    g = torch.Generator().manual_seed(0)
+    vocab = model.config.vocab_size
+    ids = torch.randint(min(1000, vocab // 2), vocab, (batch_size, seq_len), generator=g).to(device)
+    times = []
+    try:
+        for i in range(warmup + runs):
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            t0 = time.perf_counter()
+            model(input_ids=ids)
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            if i >= warmup:
+                times.append(time.perf_counter() - t0)
+    finally:
+        model.train(was_training)
+    median = statistics.median(times)
+    return {"batch_s": median, "sequences_per_s": batch_size / median, "runs": runs, "batch_size": batch_size,
+            "seq_len": seq_len}
+
+
+def bert_mlm_forward_flops(config, seq_len: int = 128) -> float:
+    """Multiply-add FLOPs (2 per MAC) of one masked-LM forward pass over one sequence, MLM head on every token."""
+    H, F_, L, V, S = config.hidden_size, config.intermediate_size, config.num_hidden_layers, config.vocab_size, seq_len
+    per_token_layer = 2 * (4 * H * H + 2 * H * F_)  # Q, K, V, O and the two FFN matrices
+    attention = 2 * 2 * S * H  # scores and weighted sum, per token per layer
+    head = 2 * (H * H + H * V)
+    return S * (L * (per_token_layer + attention) + head)
