@@ -28,6 +28,10 @@ def write_corpus(path, n_docs=120, seed=0, words=30):
 
 @pytest.fixture
 def workspace(tmp_path):
+    return make_workspace(tmp_path)
+
+
+def make_workspace(tmp_path):
     tokenizer = tiny_tokenizer(tmp_path / "teacher")
     torch.manual_seed(0)
     BertForMaskedLM(tiny_config()).save_pretrained(tmp_path / "teacher")

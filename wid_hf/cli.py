@@ -24,6 +24,13 @@ class UsageError(Exception):
     """An input problem the user can fix; printed as one line."""
 
 
+def _add_hub_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--private", action="store_true", help="Create the Hub repo as private.")
+    p.add_argument("--hub-revision", help="Branch to push to (created if missing).")
+    p.add_argument("--create-pr", action="store_true", help="Open a pull request instead of pushing to the branch.")
+    p.add_argument("--token", help="Hub token (default: the logged-in one, or HF_TOKEN).")
+
+
 def _add_common_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--debug", action="store_true", help="Show full tracebacks instead of one-line errors.")
 
@@ -75,7 +82,18 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--output-dir", required=True, help="Where the job lives (checkpoints, student, report).")
     c.add_argument("--overwrite", action="store_true", help="Delete what --output-dir holds and start over.")
     c.add_argument("--no-progress", action="store_true", help="No progress bars (logs only).")
+    c.add_argument("--push-to-hub", metavar="REPO", help="After the job, push the student and its model card here.")
+    _add_hub_args(c)
     _add_common_model_args(c)
+
+    h = sub.add_parser("push", help="Push a student (weights, tokenizer, model card) to the Hugging Face Hub.",
+                       description="Push a saved student folder with a model card built from its compress report. "
+                       "A failed push leaves the folder as it is and says what to do.")
+    h.add_argument("--student", required=True, help="Student folder (e.g. runs/demo/student).")
+    h.add_argument("--repo", required=True, help="Hub repo id, e.g. me/bert-wid55.")
+    h.add_argument("--report", help="report.json of the job (default: next to the student folder, if there).")
+    _add_hub_args(h)
+    _add_common_model_args(h)
 
     m = sub.add_parser("merge", help="Turn a WID checkpoint into a standard student.",
                        description="Load the teacher, apply a WID checkpoint (a checkpoint-N folder or a "
@@ -136,7 +154,27 @@ def cmd_compress(args) -> int:
     print(f"student: {report['student']['path']}  |  held-out MLM accuracy teacher {h['teacher']['mlm_accuracy']:.3f} "
           f"-> student {h['student']['mlm_accuracy']:.3f}  |  {report['compression_ratio']:.2f}x smaller, "
           f"{report['inference']['speedup']:.2f}x faster")
+    if args.push_to_hub:
+        return _push(report["student"]["path"], args.push_to_hub, report, args)
     return 0
+
+
+def _push(student_dir: str, repo: str, report, args) -> int:
+    from .hub import PushError, push_student
+
+    try:
+        info = push_student(student_dir, repo, report=report, private=args.private, revision=args.hub_revision,
+                            create_pr=args.create_pr, token=args.token)
+    except PushError as err:
+        print(f"wid-hf push: error: {err}", file=sys.stderr)
+        return 1
+    print(f"pushed to {repo}" + (f": pull request {info.pr_url}" if getattr(info, "pr_url", None) else f" ({info.oid})"))
+    return 0
+
+
+def cmd_push(args) -> int:
+    report = args.report or os.path.join(os.path.dirname(os.path.abspath(args.student)), "report.json")
+    return _push(args.student, args.repo, report if os.path.isfile(report) else None, args)
 
 
 def _job_teacher(checkpoint: str, teacher: str | None):
@@ -225,7 +263,8 @@ def cmd_prepare_teacher(args) -> int:
     return 0
 
 
-COMMANDS = {"compress": cmd_compress, "merge": cmd_merge, "evaluate": cmd_evaluate, "prepare-teacher": cmd_prepare_teacher}
+COMMANDS = {"compress": cmd_compress, "merge": cmd_merge, "evaluate": cmd_evaluate, "prepare-teacher": cmd_prepare_teacher,
+            "push": cmd_push}
 
 
 def main(argv=None) -> int:

@@ -464,6 +464,13 @@ class WIDModel(nn.Module):
         tensors = {k: v.cpu() for k, v in self.wid_state_dict(include_inherited).items()}
         save_file(tensors, os.path.join(save_directory, WEIGHTS_NAME), metadata={"format": "pt"})
 
+    def push_to_hub(self, repo_id: str, **kwargs):
+        """Push the WID state (see `save_pretrained`) to a Hub repo, PEFT-style; `kwargs` go to
+        `wid_hf.hub.push_wid_state` (private, revision, create_pr, token, local_dir)."""
+        from .hub import push_wid_state
+
+        return push_wid_state(self, repo_id, **kwargs)
+
     @classmethod
     def from_pretrained(cls, model: nn.Module, path: str | os.PathLike, **kwargs: Any) -> "WIDModel":
         """Inject compactors into `model` (the same teacher) and load a state written by `save_pretrained`.

