@@ -194,16 +194,12 @@ class HubServer:
                 return self._send(200, {"errors": [], "warnings": []})
 
             def _info(self, repo_id, user, revision):
-                repo = self._repo(repo_id, user)
-                if repo is None:
-                    return
-                sha = repo.resolve(revision)
-                if sha is None:
-                    return self._error(404, f"Invalid rev id: {revision}", "RevisionNotFound")
-                files = repo.commits[sha]
-                return self._send(200, {"id": repo_id, "modelId": repo_id, "sha": sha, "private": repo.private,
-                                        "author": repo.owner, "tags": [], "downloads": 0, "likes": 0,
-                                        "siblings": [{"rfilename": p} for p in sorted(files)]})
+                snapshot = self._snapshot(repo_id, user, revision)
+                if snapshot is not None:
+                    repo = server.repos[repo_id]
+                    self._send(200, {"id": repo_id, "modelId": repo_id, "sha": snapshot[0], "private": repo.private,
+                                     "author": repo.owner, "tags": [], "downloads": 0, "likes": 0,
+                                     "siblings": [{"rfilename": p} for p in sorted(snapshot[1])]})
 
             def _preupload(self, repo_id, user, revision):
                 repo = self._repo(repo_id, user, write=True)
@@ -266,29 +262,32 @@ class HubServer:
                 repo.refs[branch] = start
                 return self._send(200, {})
 
-            def _tree(self, repo_id, user, revision, prefix):
+            def _snapshot(self, repo_id, user, revision):
+                """(sha, files) of a readable revision, or None after answering the error."""
                 repo = self._repo(repo_id, user)
                 if repo is None:
-                    return
+                    return None
                 sha = repo.resolve(revision)
                 if sha is None:
-                    return self._error(404, f"Invalid rev id: {revision}", "RevisionNotFound")
-                entries = [{"type": "file", "path": p, "size": len(b), "oid": git_blob_sha(b)}
-                           for p, b in sorted(repo.commits[sha].items()) if p.startswith(prefix)]
-                return self._send(200, entries)
+                    self._error(404, f"Invalid rev id: {revision}", "RevisionNotFound")
+                    return None
+                return sha, repo.commits[sha]
+
+            def _tree(self, repo_id, user, revision, prefix):
+                snapshot = self._snapshot(repo_id, user, revision)
+                if snapshot is not None:
+                    self._send(200, [{"type": "file", "path": p, "size": len(b), "oid": git_blob_sha(b)}
+                                     for p, b in sorted(snapshot[1].items()) if p.startswith(prefix)])
 
             def _resolve(self, repo_id, user, revision, filename):
-                repo = self._repo(repo_id, user)
-                if repo is None:
+                snapshot = self._snapshot(repo_id, user, revision)
+                if snapshot is None:
                     return
-                sha = repo.resolve(revision)
-                if sha is None:
-                    return self._error(404, f"Invalid rev id: {revision}", "RevisionNotFound")
-                data = repo.commits[sha].get(unquote(filename))
+                sha, files = snapshot
+                data = files.get(unquote(filename))
                 if data is None:
                     return self._error(404, f"Entry not found: {filename}", "EntryNotFound")
-                etag = git_blob_sha(data)
-                return self._send(200, data, {"X-Repo-Commit": sha, "ETag": f'"{etag}"'},
-                                  content_type="application/octet-stream")
+                self._send(200, data, {"X-Repo-Commit": sha, "ETag": f'"{git_blob_sha(data)}"'},
+                           content_type="application/octet-stream")
 
         return Handler
