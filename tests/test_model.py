@@ -261,6 +261,17 @@ def test_merge_before_final_masks_is_reported_with_its_deviation():
     assert model.last_merge_deviation > 1e-3
 
 
+def test_merge_early_in_the_schedule_prunes_to_the_targets_and_reports():
+    model = get_wid_model(tiny_teacher(), WIDConfig(target_hidden_size=24, target_intermediate_size=40, **FAST))
+    perturb_compactors(model)
+    model.update_masks(2)  # hidden 36, head 42, ffn 82: no standard BERT has these mixed widths
+    before = model.kept_sizes()
+    with pytest.warns(UserWarning, match="before the masks are final"):
+        student = model.merge_and_unload(progressbar=False)
+    assert (student.config.hidden_size, student.config.intermediate_size) == (24, 40)
+    assert model.kept_sizes() == before  # the WID model keeps its own masks
+
+
 def test_merged_student_loads_in_a_process_without_wid_hf(tmp_path):
     model = trained_wid(tiny_teacher(), target_hidden_size=24, target_intermediate_size=40)
     batch = random_batch()

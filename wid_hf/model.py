@@ -379,10 +379,24 @@ class WIDModel(nn.Module):
         the max abs deviation of the student's outputs from this model's is logged and kept in
         ``self.last_merge_deviation``; with `atol` a larger deviation raises. Merging before hard masks are on is
         allowed but inexact, and always reported with the measured deviation (a random probe is used if none is
-        given).
+        given); groups that have not reached their targets yet are pruned to them from the current importances
+        for the student (this model's masks are left as they are).
         """
-        student = build_student(self, progressbar=progressbar)
         exact = self.masks.is_hard
+        current = {name: self.masks.get(name).clone() for name in self.groups}
+        if not exact:
+            # A standard BERT needs every group at its final width (one hidden size, one FFN size): groups still
+            # on their way are pruned to their targets from the current importances for the student only.
+            with torch.no_grad():
+                for group in self.groups.values():
+                    target = pruned_count(self.wid_config, self.teacher_dims, group.kind, self.pruning_end_step)
+                    if group.size - self.masks.kept_count(group.name) != target:
+                        self.masks.set(group.name, self._select(group, target))
+        try:
+            student = build_student(self, progressbar=progressbar)
+        finally:
+            for name, kept in current.items():
+                self.masks.set(name, kept)
         self.last_merge_deviation = None
         if probe_inputs is not None or not exact:
             probe = probe_inputs if probe_inputs is not None else self._random_probe()

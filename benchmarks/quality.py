@@ -1,0 +1,227 @@
+"""Quality of WID against the baselines of the literature at equal compute, on one teacher, corpus and seed.
+
+Every method gets the same teacher (default: ../shared/teachers/minilm-l6-h384-mlm, or one rebuilt with
+`wid-hf prepare-teacher`), the same training text (offline Wikipedia leads packed into sequences of --seq-len), the same
+batch size, number of optimizer steps and seed, and targets hidden 192 / FFN 768 (half width, same layers):
+
+  wid                WID (compactors, masked-LM only)
+  wid+attention      WID plus MiniLM-style attention transfer (KL on attention distributions, last layer)
+  etd-impt+mlm       Extract-Then-Distill, first-order importance on 16 corpus batches, then masked-LM
+  etd-rand+mlm       Extract-Then-Distill with random indices, then masked-LM
+  etd-impt+attention ETD-Impt, then attention transfer (+ masked-LM, alpha 0.5)
+  truncation         the teacher's lower layers at full width (as many as fit the student's encoder budget) + MLM
+  weight-distill     Weight Distillation: generator for half the steps, then the materialised student
+  random+mlm         random initialisation at the student's shape + masked-LM (the floor)
+
+Measured: held-out masked-LM loss/accuracy on BBC News (not seen in training; fixed masks), fine-tuned accuracy on
+the Pang & Lee polarity sentences and BBC topics (fixed 80/20 splits, several seeds, mean ± std), parameters and
+wall time. Writes benchmarks/results/quality.{json,md,png}. Run it in the background; it takes a while:
+
+    nohup python benchmarks/quality.py --steps 120 > runs/quality.log 2>&1 &
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import os
+import statistics
+import sys
+import time
+
+import torch
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+sys.path.insert(0, ROOT)
+SHARED_TEACHER = os.path.join(os.path.dirname(ROOT), "shared", "teachers", "minilm-l6-h384-mlm")
+METHODS = ["wid", "wid+attention", "etd-impt+mlm", "etd-rand+mlm", "etd-impt+attention", "truncation",
+           "weight-distill", "random+mlm"]
+
+
+def train_args(out, steps, batch, seed, lr, **kw):
+    from wid_hf import WIDTrainingArguments
+
+    return WIDTrainingArguments(output_dir=out, max_steps=steps, per_device_train_batch_size=batch, seed=seed,
+                                learning_rate=lr, report_to=[], save_strategy="no", logging_steps=max(1, steps // 10),
+                                disable_tqdm=True, use_cpu=not torch.cuda.is_available(), **kw)
+
+
+def run_method(method, teacher, tokenizer, train, a, workdir):
+    from transformers import BertConfig, BertForMaskedLM, DataCollatorForLanguageModeling, Trainer
+
+    from wid_hf import WIDConfig, WIDTrainer
+    from wid_hf.baselines import (DistillationTrainer, WIDDistillationTrainer, WeightGenerator, extract_student,
+                                  select_layers)
+
+    collator = DataCollatorForLanguageModeling(tokenizer, mlm_probability=0.15)
+    out = os.path.join(workdir, method)
+    interval = max(1, a.steps // 20)
+    wid_config = WIDConfig(target_hidden_size=a.hidden, target_intermediate_size=a.ffn, mask_interval=interval,
+                           pruning_intervals=8)  # targets by 40% of the run, hard masks at 45%
+    kd = dict(objective="attention_kl", alpha=0.5)
+    fresh = lambda: copy.deepcopy(teacher)  # noqa: E731
+    torch.manual_seed(a.seed)
+
+    if method in ("wid", "wid+attention"):
+        cls = WIDTrainer if method == "wid" else WIDDistillationTrainer
+        extra = {} if method == "wid" else dict(teacher=fresh(), **kd)
+        trainer = cls(model=fresh(), wid_config=wid_config, data_collator=collator, train_dataset=train,
+                      args=train_args(out, a.steps, a.batch, a.seed, a.lr, compactor_learning_rate=a.compactor_lr),
+                      **extra)
+        trainer.train()
+        return trainer.wid_model.merge_and_unload(progressbar=False)
+
+    if method.startswith("etd"):
+        importance = "gradient" if "impt" in method else "random"
+        batches = [collator([train[i] for i in range(j * a.batch, (j + 1) * a.batch)]) for j in range(16)]
+        student = extract_student(fresh(), wid_config, importance=importance, batches=batches, seed=a.seed)
+    elif method == "truncation":
+        s_layer = 4 * a.hidden * a.hidden + 2 * a.hidden * a.ffn
+        t_layer = 4 * teacher.config.hidden_size ** 2 + 2 * teacher.config.hidden_size * teacher.config.intermediate_size
+        keep = max(1, round(teacher.config.num_hidden_layers * s_layer / t_layer))
+        student = select_layers(fresh(), list(range(keep)))
+    elif method == "random+mlm":
+        config = copy.deepcopy(teacher.config)
+        config.hidden_size, config.intermediate_size, config.tie_word_embeddings = a.hidden, a.ffn, True
+        student = BertForMaskedLM(BertConfig.from_dict(config.to_dict()))
+    elif method == "weight-distill":
+        generator = WeightGenerator(fresh(), a.hidden, a.ffn, seed=a.seed)
+        loader = torch.utils.data.DataLoader(train, batch_size=a.batch, shuffle=True, collate_fn=collator,
+                                             generator=torch.Generator().manual_seed(a.seed))
+        opt = torch.optim.AdamW([p for p in generator.parameters() if p.requires_grad], lr=a.compactor_lr)
+        generator.train()
+        step = 0
+        while step < a.steps // 2:
+            for batch in loader:
+                opt.zero_grad()
+                generator(**batch).loss.backward()
+                opt.step()
+                step += 1
+                if step >= a.steps // 2:
+                    break
+        student = generator.materialize()
+    else:
+        raise ValueError(method)
+
+    steps = a.steps - a.steps // 2 if method == "weight-distill" else a.steps
+    lr = a.lr_student
+    if method == "etd-impt+attention":
+        trainer = DistillationTrainer(model=student, teacher=fresh(), data_collator=collator, train_dataset=train,
+                                      args=train_args(out, steps, a.batch, a.seed, lr), **kd)
+    else:
+        trainer = Trainer(model=student, data_collator=collator, train_dataset=train,
+                          args=train_args(out, steps, a.batch, a.seed, lr))
+    trainer.train()
+    return student
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--teacher", default=SHARED_TEACHER)
+    p.add_argument("--methods", nargs="+", default=METHODS, choices=METHODS)
+    p.add_argument("--steps", type=int, default=120)
+    p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--seq-len", type=int, default=128)
+    p.add_argument("--hidden", type=int, default=192)
+    p.add_argument("--ffn", type=int, default=768)
+    p.add_argument("--lr", type=float, default=1e-4, help="WID: inherited weights")
+    p.add_argument("--compactor-lr", type=float, default=2e-3, help="WID compactors; WD generator")
+    p.add_argument("--lr-student", type=float, default=5e-4, help="every plain student (ETD, truncation, random, WD)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--finetune-seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--finetune-max-train", type=int, default=800)
+    p.add_argument("--eval-sequences", type=int, default=256)
+    p.add_argument("--polarity-csv", default=os.environ.get("WID_HF_TEST_CORPORA") and os.path.join(
+        os.environ["WID_HF_TEST_CORPORA"], "polarity-en-pang&lee2.csv"))
+    p.add_argument("--workdir", default=os.path.join(ROOT, "runs", "quality"))
+    p.add_argument("--out", default=os.path.join(HERE, "results"))
+    a = p.parse_args()
+
+    from wid_hf.data import heldout_sequences, prepare_corpus
+    from wid_hf.evaluation import evaluate_mlm
+    from wid_hf.finetune import finetune_eval
+    from wid_hf.teacher import load_teacher
+    from wid_hf.utils import count_parameters
+
+    loaded = load_teacher(a.teacher)
+    if not loaded.has_mlm_head:
+        sys.exit(f"{a.teacher} has no MLM head: build one with `wid-hf prepare-teacher` first.")
+    teacher, tokenizer = loaded.model, loaded.tokenizer
+    cache = os.path.join(a.workdir, "cache")
+    train = prepare_corpus("offline-wiki", tokenizer, a.seq_len, cache).shuffle(seed=a.seed)
+    heldout = heldout_sequences("offline-bbc", tokenizer, a.seq_len, a.eval_sequences, cache)
+    results = {"setup": {k: v for k, v in vars(a).items() if k not in ("out",)}, "torch": torch.__version__,
+               "device": "cuda" if torch.cuda.is_available() else f"cpu ({torch.get_num_threads()} threads)",
+               "methods": {}}
+    os.makedirs(a.out, exist_ok=True)
+
+    def finetune(model_dir):
+        scores = {}
+        tasks = [("bbc-topics", None)] + ([("polarity", a.polarity_csv)] if a.polarity_csv else [])
+        for task, path in tasks:
+            scores[task] = finetune_eval(model_dir, task, task_file=path, seeds=a.finetune_seeds, epochs=1.0,
+                                         max_train=a.finetune_max_train, seq_len=a.seq_len)
+        return scores
+
+    entries = [("teacher", None)] + [(m, m) for m in a.methods]
+    for name, method in entries:
+        started = time.time()
+        model = teacher if method is None else run_method(method, teacher, tokenizer, train, a, a.workdir)
+        train_s = time.time() - started
+        model_dir = os.path.join(a.workdir, name.replace("+", "_"), "model")
+        model.save_pretrained(model_dir)
+        tokenizer.save_pretrained(model_dir)
+        entry = {"train_seconds": train_s, "parameters": count_parameters(model),
+                 "config": {k: model.config.to_dict()[k] for k in ("hidden_size", "intermediate_size",
+                                                                   "num_hidden_layers", "num_attention_heads")},
+                 "heldout": evaluate_mlm(model, heldout, progressbar=False), "finetune": finetune(model_dir)}
+        results["methods"][name] = entry
+        print(name, json.dumps({k: entry[k] for k in ("train_seconds", "parameters", "heldout")}), flush=True)
+        with open(os.path.join(a.out, "quality.json"), "w") as f:
+            json.dump(results, f, indent=2)
+    write_table_and_chart(results, a.out)
+
+
+def write_table_and_chart(results, out):
+    rows = ["| method | params | train s | held-out MLM loss | held-out MLM acc | BBC topics acc | polarity acc |",
+            "|---|---|---|---|---|---|---|"]
+    for name, e in results["methods"].items():
+        ft = e["finetune"]
+        cell = lambda t: f"{ft[t]['mean']:.3f} ± {ft[t]['std']:.3f}" if t in ft else "-"  # noqa: E731
+        rows.append(f"| {name} | {e['parameters'] / 1e6:.1f}M | {e['train_seconds']:.0f} | {e['heldout']['mlm_loss']:.3f} | "
+                    f"{e['heldout']['mlm_accuracy']:.3f} | {cell('bbc-topics')} | {cell('polarity')} |")
+    s = results["setup"]
+    head = (f"Teacher {s['teacher']}; every method: {s['steps']} optimizer steps of {s['batch']}x{s['seq_len']} on the "
+            f"offline Wikipedia leads, seed {s['seed']}, targets hidden {s['hidden']} / FFN {s['ffn']}; {results['device']}, "
+            f"torch {results['torch']}. Fine-tuning: 1 epoch on at most {s['finetune_max_train']} examples, seeds "
+            f"{s['finetune_seeds']} (mean ± std); metric source: "
+            f"{next(iter(next(iter(results['methods'].values()))['finetune'].values()))['metric_source']}.")
+    with open(os.path.join(out, "quality.md"), "w") as f:
+        f.write(head + "\n\n" + "\n".join(rows) + "\n")
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = list(results["methods"])
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4.5))
+    panels = [("held-out MLM accuracy", lambda e: (e["heldout"]["mlm_accuracy"], 0.0))]
+    for task in ("bbc-topics", "polarity"):
+        panels.append((f"{task} accuracy", lambda e, t=task: (e["finetune"][t]["mean"], e["finetune"][t]["std"])
+                       if t in e["finetune"] else (0.0, 0.0)))
+    for ax, (title, get) in zip(axes, panels):
+        values = [get(results["methods"][n]) for n in names]
+        ax.barh(names, [v[0] for v in values], xerr=[v[1] for v in values],
+                color=["grey" if n == "teacher" else "tab:blue" if n.startswith("wid") else "tab:orange" for n in names])
+        ax.invert_yaxis()
+        ax.set_title(title)
+    fig.tight_layout()
+    fig.savefig(os.path.join(out, "quality.png"), dpi=110)
+    plt.close(fig)
+
+
+if __name__ == "__main__":
+    main()

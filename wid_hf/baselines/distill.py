@@ -1,0 +1,186 @@
+"""The knowledge-distillation objectives compared in "How to Distill your BERT" (Wang et al., ACL 2023), as a
+Trainer: vanilla logit KD (temperature, mixed with the hard masked-LM loss), hidden-state MSE over mapped layers,
+and attention transfer (MSE on pre-softmax scores, TinyBERT-style; or KL between attention distributions,
+MiniLM-style). The teacher is frozen, in eval mode, on the student's device.
+
+    >>> trainer = DistillationTrainer(model=student, teacher=teacher, objective="attention_kl", args=args,
+    ...                               train_dataset=ds, data_collator=collator)               # doctest: +SKIP
+
+The student may be a plain BERT or a `WIDModel` (WID combined with a KD objective).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Optional, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import Trainer, TrainingArguments
+
+OBJECTIVES = ("mlm", "logit", "hidden", "attention_mse", "attention_kl")
+
+
+def _bert(model: nn.Module) -> nn.Module:
+    base = getattr(model, "base_model", model)
+    base = getattr(base, "bert", base)
+    return base
+
+
+def _uniform_map(student_layers: int, teacher_layers: int) -> list[int]:
+    """Student layer i learns from teacher layer map[i] (the last student layer from the last teacher layer)."""
+    step = teacher_layers / student_layers
+    return [min(teacher_layers - 1, round((i + 1) * step) - 1) for i in range(student_layers)]
+
+
+class _QKCapture:
+    """Forward hooks that keep each layer's query and key projections (any attention implementation)."""
+
+    def __init__(self, model: nn.Module):
+        self.q: dict[int, torch.Tensor] = {}
+        self.k: dict[int, torch.Tensor] = {}
+        self.handles = []
+        for i, layer in enumerate(_bert(model).encoder.layer):
+            attn = layer.attention.self
+            self.handles.append(attn.query.register_forward_hook(self._keep(self.q, i)))
+            self.handles.append(attn.key.register_forward_hook(self._keep(self.k, i)))
+        self.heads = _bert(model).config.num_attention_heads
+
+    @staticmethod
+    def _keep(store, i):
+        def hook(module, inputs, output):
+            store[i] = output
+
+        return hook
+
+    def scores(self, i: int, attention_mask: Optional[torch.Tensor], head_size: Optional[int] = None) -> torch.Tensor:
+        """Pre-softmax attention scores (batch, heads, seq, seq) of layer i, with the padding mask added."""
+        q, k = self.q[i], self.k[i]
+        b, s, width = q.shape
+        h = width // self.heads
+        q = q.view(b, s, self.heads, h).transpose(1, 2)
+        k = k.view(b, s, self.heads, h).transpose(1, 2)
+        scores = q @ k.transpose(-1, -2) / (head_size or h) ** 0.5
+        if attention_mask is not None:
+            scores = scores + (1.0 - attention_mask[:, None, None, :].to(scores.dtype)) * -1e4
+        return scores
+
+    def remove(self):
+        for handle in self.handles:
+            handle.remove()
+
+
+@dataclass
+class DistillationArguments(TrainingArguments):
+    objective: str = field(default="logit", metadata={"help": f"One of {OBJECTIVES}."})
+    temperature: float = field(default=2.0, metadata={"help": "Softmax temperature of logit KD."})
+    alpha: float = field(default=0.5, metadata={"help": "Weight of the KD term; 1 - alpha weighs the hard MLM loss."})
+    layer_map: Optional[str] = field(default=None, metadata={"help": "Comma-separated teacher layer per student layer "
+                                                                      "(default: uniform, last to last)."})
+    attention_layers: str = field(default="last", metadata={"help": "Attention transfer on 'last' or 'all' layers."})
+
+
+class DistillationTrainer(Trainer):
+    """A Trainer whose loss is ``(1 - alpha) * MLM + alpha * KD`` for the chosen objective (``mlm``: no KD)."""
+
+    def __init__(self, model=None, args=None, *pargs, teacher: nn.Module = None, objective: Optional[str] = None,
+                 temperature: Optional[float] = None, alpha: Optional[float] = None,
+                 layer_map: Optional[Sequence[int]] = None, **kwargs):
+        super().__init__(model, args, *pargs, **kwargs)
+        self.objective = objective or getattr(self.args, "objective", "logit")
+        if self.objective not in OBJECTIVES:
+            raise ValueError(f"objective must be one of {OBJECTIVES}, got {self.objective!r}")
+        if self.objective != "mlm" and teacher is None:
+            raise ValueError(f"objective {self.objective!r} needs a teacher model.")
+        self.temperature = temperature or getattr(self.args, "temperature", 2.0)
+        self.alpha = alpha if alpha is not None else getattr(self.args, "alpha", 0.5)
+        self.teacher = teacher
+        self.projection = None
+        if teacher is not None:
+            device = next(self.model.parameters()).device
+            self.teacher = teacher.to(device).eval()
+            for p in self.teacher.parameters():
+                p.requires_grad_(False)
+            s_cfg, t_cfg = _bert(self.model).config, _bert(self.teacher).config
+            given = layer_map or (getattr(self.args, "layer_map", None) and
+                                  [int(x) for x in self.args.layer_map.split(",")])
+            self.layer_map = list(given) if given else _uniform_map(s_cfg.num_hidden_layers, t_cfg.num_hidden_layers)
+            if self.objective.startswith("attention") and s_cfg.num_attention_heads != t_cfg.num_attention_heads:
+                raise ValueError("Attention transfer compares heads one to one: the student needs the teacher's head "
+                                 f"count ({t_cfg.num_attention_heads}), it has {s_cfg.num_attention_heads}. Use "
+                                 "head_strategy='dim' or a logit/hidden objective.")
+            if self.objective == "hidden" and s_cfg.hidden_size != t_cfg.hidden_size:
+                # TinyBERT's learned projection from the student's width to the teacher's, trained with the student
+                # (kept in the trainer, not the student, so the saved student stays a plain model)
+                self.projection = nn.Linear(s_cfg.hidden_size, t_cfg.hidden_size, bias=False).to(device)
+            if self.objective.startswith("attention"):
+                self._student_qk, self._teacher_qk = _QKCapture(self.model), _QKCapture(self.teacher)
+                self._teacher_head = t_cfg.hidden_size // t_cfg.num_attention_heads
+        # the loss below is a per-micro-batch mean: Trainer must divide it by the accumulation steps
+        self.model_accepts_loss_kwargs = False
+
+    def create_optimizer(self, model=None):
+        optimizer = super().create_optimizer(model)
+        if self.projection is not None and not any(
+            p is self.projection.weight for group in optimizer.param_groups for p in group["params"]
+        ):
+            optimizer.add_param_group({"params": list(self.projection.parameters()), "weight_decay": 0.0})
+        return optimizer
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None, **kwargs):
+        need_hidden = self.objective == "hidden"
+        outputs = model(**inputs, output_hidden_states=need_hidden)
+        hard = outputs.loss
+        if self.objective == "mlm":
+            return (hard, outputs) if return_outputs else hard
+        with torch.no_grad():
+            teacher_inputs = {k: v for k, v in inputs.items() if k != "labels"}
+            teacher_out = self.teacher(**teacher_inputs, output_hidden_states=need_hidden)
+        labels = inputs.get("labels")
+        if self.objective == "logit":
+            picked = labels != -100 if labels is not None else torch.ones(outputs.logits.shape[:-1], dtype=torch.bool,
+                                                                           device=outputs.logits.device)
+            t = self.temperature
+            kd = F.kl_div(F.log_softmax(outputs.logits[picked] / t, -1), F.softmax(teacher_out.logits[picked] / t, -1),
+                          reduction="batchmean") * t * t
+        elif self.objective == "hidden":
+            student_states = outputs.hidden_states[1:]
+            teacher_states = teacher_out.hidden_states[1:]
+            kd = sum(F.mse_loss(self._project(s), teacher_states[j]) for s, j in zip(student_states, self.layer_map))
+            kd = kd / len(self.layer_map)
+        else:
+            mask = inputs.get("attention_mask")
+            pairs = list(enumerate(self.layer_map))
+            if getattr(self.args, "attention_layers", "last") == "last":
+                pairs = pairs[-1:]
+            kd = 0.0
+            for i, j in pairs:
+                # the student's heads are scored at the teacher's scale (WID trains with 1/sqrt(h_teacher))
+                s_scores = self._student_qk.scores(i, mask, head_size=self._teacher_head)
+                t_scores = self._teacher_qk.scores(j, mask)
+                if self.objective == "attention_mse":
+                    valid = mask[:, None, :, None].bool() & mask[:, None, None, :].bool() if mask is not None else None
+                    diff = (s_scores - t_scores).square()
+                    kd = kd + (diff[valid.expand_as(diff)].mean() if valid is not None else diff.mean())
+                else:
+                    kd = kd + F.kl_div(F.log_softmax(s_scores, -1), F.softmax(t_scores, -1), reduction="none").sum(-1).mean()
+            kd = kd / len(pairs)
+        loss = (1 - self.alpha) * hard + self.alpha * kd
+        return (loss, outputs) if return_outputs else loss
+
+    def _project(self, state: torch.Tensor) -> torch.Tensor:
+        return self.projection(state) if self.projection is not None else state
+
+
+def _wid_distillation_trainer():
+    from ..trainer import WIDTrainer
+
+    class WIDDistillationTrainer(DistillationTrainer, WIDTrainer):
+        """WID combined with a KD objective: WIDTrainer's optimizer groups, schedule and checkpoints, with the
+        loss of `DistillationTrainer` (e.g. ``objective="attention_kl"`` for WID + attention transfer)."""
+
+    return WIDDistillationTrainer
+
+
+WIDDistillationTrainer = _wid_distillation_trainer()
