@@ -23,10 +23,8 @@ wall time. Writes benchmarks/results/quality.{json,md,png}. Run it in the backgr
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import os
-import statistics
 import sys
 import time
 
@@ -40,81 +38,24 @@ METHODS = ["wid", "wid+attention", "etd-impt+mlm", "etd-rand+mlm", "etd-impt+att
            "weight-distill", "random+mlm"]
 
 
-def train_args(out, steps, batch, seed, lr, **kw):
-    from wid_hf import WIDTrainingArguments
-
-    return WIDTrainingArguments(output_dir=out, max_steps=steps, per_device_train_batch_size=batch, seed=seed,
-                                learning_rate=lr, report_to=[], save_strategy="no", logging_steps=max(1, steps // 10),
-                                disable_tqdm=True, use_cpu=not torch.cuda.is_available(), **kw)
+# benchmark name -> (method, objective) of wid_hf.baselines.runner.train_student
+RUNS = {"wid": ("wid", "mlm"), "wid+attention": ("wid", "attention_kl"), "etd-impt+mlm": ("etd-impt", "mlm"),
+        "etd-rand+mlm": ("etd-rand", "mlm"), "etd-impt+attention": ("etd-impt", "attention_kl"),
+        "truncation": ("truncation", "mlm"), "weight-distill": ("weight-distill", "mlm"), "random+mlm": ("random", "mlm")}
 
 
-def run_method(method, teacher, tokenizer, train, a, workdir):
-    from transformers import BertConfig, BertForMaskedLM, DataCollatorForLanguageModeling, Trainer
+def run_method(name, teacher, tokenizer, train, a, workdir):
+    from wid_hf import WIDConfig
+    from wid_hf.baselines.runner import BaselineBudget, train_student
 
-    from wid_hf import WIDConfig, WIDTrainer
-    from wid_hf.baselines import (DistillationTrainer, WIDDistillationTrainer, WeightGenerator, extract_student,
-                                  select_layers)
-
-    collator = DataCollatorForLanguageModeling(tokenizer, mlm_probability=0.15)
-    out = os.path.join(workdir, method)
-    interval = max(1, a.steps // 20)
-    wid_config = WIDConfig(target_hidden_size=a.hidden, target_intermediate_size=a.ffn, mask_interval=interval,
-                           pruning_intervals=8)  # targets by 40% of the run, hard masks at 45%
-    kd = dict(objective="attention_kl", alpha=0.5)
-    fresh = lambda: copy.deepcopy(teacher)  # noqa: E731
-    torch.manual_seed(a.seed)
-
-    if method in ("wid", "wid+attention"):
-        cls = WIDTrainer if method == "wid" else WIDDistillationTrainer
-        extra = {} if method == "wid" else dict(teacher=fresh(), **kd)
-        trainer = cls(model=fresh(), wid_config=wid_config, data_collator=collator, train_dataset=train,
-                      args=train_args(out, a.steps, a.batch, a.seed, a.lr, compactor_learning_rate=a.compactor_lr),
-                      **extra)
-        trainer.train()
-        return trainer.wid_model.merge_and_unload(progressbar=False)
-
-    if method.startswith("etd"):
-        importance = "gradient" if "impt" in method else "random"
-        batches = [collator([train[i] for i in range(j * a.batch, (j + 1) * a.batch)]) for j in range(16)]
-        student = extract_student(fresh(), wid_config, importance=importance, batches=batches, seed=a.seed)
-    elif method == "truncation":
-        s_layer = 4 * a.hidden * a.hidden + 2 * a.hidden * a.ffn
-        t_layer = 4 * teacher.config.hidden_size ** 2 + 2 * teacher.config.hidden_size * teacher.config.intermediate_size
-        keep = max(1, round(teacher.config.num_hidden_layers * s_layer / t_layer))
-        student = select_layers(fresh(), list(range(keep)))
-    elif method == "random+mlm":
-        config = copy.deepcopy(teacher.config)
-        config.hidden_size, config.intermediate_size, config.tie_word_embeddings = a.hidden, a.ffn, True
-        student = BertForMaskedLM(BertConfig.from_dict(config.to_dict()))
-    elif method == "weight-distill":
-        generator = WeightGenerator(fresh(), a.hidden, a.ffn, seed=a.seed)
-        loader = torch.utils.data.DataLoader(train, batch_size=a.batch, shuffle=True, collate_fn=collator,
-                                             generator=torch.Generator().manual_seed(a.seed))
-        opt = torch.optim.AdamW([p for p in generator.parameters() if p.requires_grad], lr=a.compactor_lr)
-        generator.train()
-        step = 0
-        while step < a.steps // 2:
-            for batch in loader:
-                opt.zero_grad()
-                generator(**batch).loss.backward()
-                opt.step()
-                step += 1
-                if step >= a.steps // 2:
-                    break
-        student = generator.materialize()
-    else:
-        raise ValueError(method)
-
-    steps = a.steps - a.steps // 2 if method == "weight-distill" else a.steps
-    lr = a.lr_student
-    if method == "etd-impt+attention":
-        trainer = DistillationTrainer(model=student, teacher=fresh(), data_collator=collator, train_dataset=train,
-                                      args=train_args(out, steps, a.batch, a.seed, lr), **kd)
-    else:
-        trainer = Trainer(model=student, data_collator=collator, train_dataset=train,
-                          args=train_args(out, steps, a.batch, a.seed, lr))
-    trainer.train()
-    return student
+    method, objective = RUNS[name]
+    # a schedule scaled to the budget: targets reached at 40% of the steps, hard masks at 45%
+    wid_config = WIDConfig(target_hidden_size=a.hidden, target_intermediate_size=a.ffn,
+                           mask_interval=max(1, a.steps // 20), pruning_intervals=8)
+    budget = BaselineBudget(steps=a.steps, batch_size=a.batch, seed=a.seed, learning_rate=a.lr_student,
+                            wid_learning_rate=a.lr, compactor_learning_rate=a.compactor_lr)
+    return train_student(method, teacher, tokenizer, train, wid_config, budget, os.path.join(workdir, name),
+                         objective=objective)
 
 
 def main():

@@ -209,3 +209,26 @@ def test_prepare_teacher_and_finetune_evaluation(workspace, capsys):
     result = json.loads((workspace["dir"] / "ft.json").read_text())[str(prepared)]["finetune"]
     assert result["metric"] == "accuracy" and len(result["scores"]) == 2 and result["eval_examples"] == 12
     assert "local" in result["metric_source"] or result["metric_source"] == "evaluate"
+
+
+def test_compress_with_kd_and_depth_reduction(workspace, capsys):
+    code, out, err = run_cli(compress_args(workspace, **{"--kd": "attention_kl", "--keep-layers": "upper:1"}), capsys)
+    assert code == 0, err
+    report = json.loads((workspace["dir"] / "out" / "report.json").read_text())
+    assert report["student"]["num_hidden_layers"] == 1 and report["student"]["kd_objective"] == "attention_kl"
+    assert report["student"]["merge_max_abs_deviation"] <= 1e-4
+
+
+def test_baseline_command(workspace, capsys):
+    code, out, err = run_cli(["baseline", "--method", "etd-impt", "--objective", "attention_kl", "--teacher",
+                              workspace["teacher"], "--corpus", workspace["train"], "--eval-corpus", workspace["eval"],
+                              "--steps", "4", "--batch-size", "4", "--seq-len", "32", "--eval-sequences", "4",
+                              "--layers", "0", "--output-dir", str(workspace["dir"] / "b")], capsys)
+    assert code == 0, err
+    result = json.loads((workspace["dir"] / "b" / "baseline.json").read_text())
+    assert result["layers"] == [0] and result["objective"] == "attention_kl"
+    student = BertForMaskedLM.from_pretrained(workspace["dir"] / "b" / "student")
+    assert student.config.hidden_size == 24 and student.config.num_hidden_layers == 1
+    with pytest.raises(SystemExit) as exited:  # argparse's own one-line usage error
+        cli.main(["baseline", "--method", "random", "--output-dir", "x", "--layers", "top:2"])
+    assert exited.value.code == 2 and "lower:N" in capsys.readouterr().err

@@ -24,6 +24,28 @@ class UsageError(Exception):
     """An input problem the user can fix; printed as one line."""
 
 
+def _layers_arg(value: str):
+    """'0,2,4' -> [0, 2, 4]; 'lower:3' / 'upper:3' / 'uniform:3' -> resolved later against the teacher's depth."""
+    if ":" in value:
+        kind, _, n = value.partition(":")
+        if kind not in ("lower", "upper", "uniform") or not n.isdigit():
+            raise argparse.ArgumentTypeError("use a list such as 0,2,4 or lower:N / upper:N / uniform:N")
+        return value
+    try:
+        return [int(x) for x in value.split(",")]
+    except ValueError as err:
+        raise argparse.ArgumentTypeError("use a list such as 0,2,4 or lower:N / upper:N / uniform:N") from err
+
+
+def resolve_layers(spec, total: int):
+    from .baselines.etd import layer_choice
+
+    if spec is None or isinstance(spec, list):
+        return spec
+    kind, _, n = spec.partition(":")
+    return layer_choice(kind, total, int(n))
+
+
 def _add_hub_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--private", action="store_true", help="Create the Hub repo as private.")
     p.add_argument("--hub-revision", help="Branch to push to (created if missing).")
@@ -82,9 +104,38 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--output-dir", required=True, help="Where the job lives (checkpoints, student, report).")
     c.add_argument("--overwrite", action="store_true", help="Delete what --output-dir holds and start over.")
     c.add_argument("--no-progress", action="store_true", help="No progress bars (logs only).")
+    c.add_argument("--kd", dest="kd_objective", choices=("logit", "hidden", "attention_mse", "attention_kl"),
+                   help="Beyond the paper: add a KD objective against the teacher (alpha 0.5), e.g. attention_kl.")
+    c.add_argument("--keep-layers", type=_layers_arg, help="Beyond the paper: depth reduction too, keeping these "
+                   "teacher layers: a list (0,2,4) or lower:N / upper:N / uniform:N.")
     c.add_argument("--push-to-hub", metavar="REPO", help="After the job, push the student and its model card here.")
     _add_hub_args(c)
     _add_common_model_args(c)
+
+    b = sub.add_parser("baseline", help="Train a student by a baseline method (ETD, KD, Weight Distillation, ...).",
+                       description="The methods WID is compared with, on the same inputs as `compress`: ETD-Impt / "
+                       "ETD-Rand extraction, teacher-layer truncation, random initialisation or Weight Distillation, "
+                       "then masked-LM or a KD objective. Saves the student and its held-out masked-LM numbers.")
+    b.add_argument("--method", required=True, choices=("etd-impt", "etd-rand", "truncation", "random", "weight-distill",
+                                                        "wid"))
+    b.add_argument("--objective", default="mlm", choices=("mlm", "logit", "hidden", "attention_mse", "attention_kl"))
+    b.add_argument("--teacher", help="A BertForMaskedLM folder or Hub id (default: offline MiniLM; it needs an MLM "
+                   "head: run `wid-hf prepare-teacher` first).")
+    b.add_argument("--corpus")
+    b.add_argument("--eval-corpus")
+    b.add_argument("--ratio", type=float, default=0.5)
+    b.add_argument("--target-hidden-size", type=int)
+    b.add_argument("--target-intermediate-size", type=int)
+    b.add_argument("--head-strategy", choices=("dim", "head"), default="dim")
+    b.add_argument("--layers", type=_layers_arg, help="Teacher layers to keep: 0,2,4 or lower:N / upper:N / uniform:N.")
+    b.add_argument("--steps", type=int, default=200)
+    b.add_argument("--batch-size", type=int, default=8)
+    b.add_argument("--seq-len", type=int, default=128)
+    b.add_argument("--learning-rate", type=float, default=5e-4)
+    b.add_argument("--eval-sequences", type=int, default=64)
+    b.add_argument("--seed", type=int, default=0)
+    b.add_argument("--output-dir", required=True)
+    _add_common_model_args(b)
 
     h = sub.add_parser("push", help="Push a student (weights, tokenizer, model card) to the Hugging Face Hub.",
                        description="Push a saved student folder with a model card built from its compress report. "
@@ -169,6 +220,42 @@ def _push(student_dir: str, repo: str, report, args) -> int:
         print(f"wid-hf push: error: {err}", file=sys.stderr)
         return 1
     print(f"pushed to {repo}" + (f": pull request {info.pr_url}" if getattr(info, "pr_url", None) else f" ({info.oid})"))
+    return 0
+
+
+def cmd_baseline(args) -> int:
+    from .baselines.runner import BaselineBudget, train_student
+    from .config import WIDConfig
+    from .data import heldout_sequences, prepare_corpus
+    from .evaluation import evaluate_mlm
+    from .teacher import load_teacher
+    from .utils import count_parameters
+
+    loaded = load_teacher(args.teacher)
+    if not loaded.has_mlm_head:
+        raise UsageError(f"{loaded.source} has no MLM head; build one first: wid-hf prepare-teacher --output DIR "
+                         "(then --teacher DIR/final).")
+    config = WIDConfig(target_ratio=args.ratio, target_hidden_size=args.target_hidden_size,
+                       target_intermediate_size=args.target_intermediate_size, head_strategy=args.head_strategy,
+                       mask_interval=max(1, args.steps // 20), pruning_intervals=8)
+    layers = resolve_layers(args.layers, loaded.model.config.num_hidden_layers)
+    cache = os.path.join(args.output_dir, "cache")
+    train = prepare_corpus(args.corpus, loaded.tokenizer, args.seq_len, cache)
+    heldout = heldout_sequences(args.eval_corpus, loaded.tokenizer, args.seq_len, args.eval_sequences, cache)
+    budget = BaselineBudget(steps=args.steps, batch_size=args.batch_size, seed=args.seed,
+                            learning_rate=args.learning_rate)
+    student = train_student(args.method, loaded.model, loaded.tokenizer, train, config, budget,
+                            os.path.join(args.output_dir, "train"), objective=args.objective, layers=layers)
+    student_dir = os.path.join(args.output_dir, "student")
+    student.save_pretrained(student_dir)
+    loaded.tokenizer.save_pretrained(student_dir)
+    result = {"method": args.method, "objective": args.objective, "layers": layers,
+              "parameters": count_parameters(student), "heldout": evaluate_mlm(student, heldout, progressbar=False),
+              "student": student_dir}
+    with open(os.path.join(args.output_dir, "baseline.json"), "w") as f:
+        json.dump(result, f, indent=2)
+    print(f"{args.method}+{args.objective}: student in {student_dir}, held-out MLM accuracy "
+          f"{result['heldout']['mlm_accuracy']:.3f}, {result['parameters']:,} parameters")
     return 0
 
 
@@ -264,7 +351,7 @@ def cmd_prepare_teacher(args) -> int:
 
 
 COMMANDS = {"compress": cmd_compress, "merge": cmd_merge, "evaluate": cmd_evaluate, "prepare-teacher": cmd_prepare_teacher,
-            "push": cmd_push}
+            "push": cmd_push, "baseline": cmd_baseline}
 
 
 def main(argv=None) -> int:

@@ -46,7 +46,7 @@ JOB_PRESETS: dict[str, dict] = {
 
 # Fields whose change makes an existing checkpoint a different job.
 _IDENTITY = ("teacher", "corpus", "text_column", "seq_len", "wid", "max_steps", "batch_size", "gradient_accumulation_steps",
-             "learning_rate", "compactor_learning_rate", "seed", "head_warmup_steps")
+             "learning_rate", "compactor_learning_rate", "seed", "head_warmup_steps", "kd_objective", "keep_layers")
 
 
 @dataclass
@@ -71,6 +71,8 @@ class CompressJob:
     compactor_learning_rate: Optional[float] = None
     head_warmup_steps: Optional[int] = None
     eval_sequences: Optional[int] = None
+    kd_objective: Optional[str] = None  # beyond the paper: WID + a KD objective against the teacher
+    keep_layers: Optional[object] = None  # beyond the paper: WID + depth reduction (list or lower:N/upper:N/uniform:N)
     save_steps: int = 50
     seed: int = 0
     bf16: bool = False
@@ -196,7 +198,17 @@ def run_compress(job: CompressJob) -> dict:
     teacher_speed = inference_throughput(teacher, batch_size=min(32, job.batch_size * 4), seq_len=job.seq_len)
     teacher_config = teacher.config
 
-    model = get_wid_model(teacher, wid_config)
+    source = teacher
+    if job.keep_layers is not None:
+        from .baselines.etd import select_layers
+        from .cli import resolve_layers
+
+        source = select_layers(teacher, resolve_layers(job.keep_layers, teacher_config.num_hidden_layers))
+    elif job.kd_objective:
+        import copy
+
+        source = copy.deepcopy(teacher)  # the teacher itself stays frozen for the KD term
+    model = get_wid_model(source, wid_config)
     args = WIDTrainingArguments(
         output_dir=os.path.join(job.output_dir, "checkpoints"),
         max_steps=job.max_steps,
@@ -213,8 +225,13 @@ def run_compress(job: CompressJob) -> dict:
         bf16=job.bf16,
         disable_tqdm=not job.progressbar,
     )
-    trainer = WIDTrainer(model=model, args=args, train_dataset=train, processing_class=tokenizer,
-                         data_collator=DataCollatorForLanguageModeling(tokenizer, mlm_probability=0.15))
+    trainer_cls, extra = WIDTrainer, {}
+    if job.kd_objective:
+        from .baselines.distill import WIDDistillationTrainer
+
+        trainer_cls, extra = WIDDistillationTrainer, dict(teacher=teacher, objective=job.kd_objective, alpha=0.5)
+    trainer = trainer_cls(model=model, args=args, train_dataset=train, processing_class=tokenizer,
+                          data_collator=DataCollatorForLanguageModeling(tokenizer, mlm_probability=0.15), **extra)
     last = get_last_checkpoint(args.output_dir) if os.path.isdir(args.output_dir) else None
     if last:
         _say(f"resuming from {last}")
@@ -246,6 +263,7 @@ def run_compress(job: CompressJob) -> dict:
                     "parameters_untied": bert_mlm_parameter_count(teacher_config, include_decoder=True),
                     "license": loaded.license},
         "student": {"hidden_size": student.config.hidden_size, "intermediate_size": student.config.intermediate_size,
+                    "num_hidden_layers": student.config.num_hidden_layers, "kd_objective": job.kd_objective,
                     "num_attention_heads": student.config.num_attention_heads,
                     "parameters": student_params,
                     "parameters_without_decoder": student_core,
@@ -286,7 +304,7 @@ def render_report(r: dict) -> str:
         "| | teacher | student |",
         "|---|---|---|",
         f"| layers / hidden / heads / FFN | {t['num_hidden_layers']} / {t['hidden_size']} / {t['num_attention_heads']} / "
-        f"{t['intermediate_size']} | {t['num_hidden_layers']} / {s['hidden_size']} / {s['num_attention_heads']} / "
+        f"{t['intermediate_size']} | {s['num_hidden_layers']} / {s['hidden_size']} / {s['num_attention_heads']} / "
         f"{s['intermediate_size']} |",
         f"| parameters (decoder tied / untied) | {t['parameters_tied']:,} / {t['parameters_untied']:,} | "
         f"{s['parameters_without_decoder']:,} / {s['parameters']:,} |",
