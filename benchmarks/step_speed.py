@@ -118,7 +118,7 @@ def main():
     with open(os.path.join(args.out, f"step_speed_{args.shape}.json"), "w") as f:
         json.dump({"meta": meta, "rows": rows}, f, indent=2)
     lines = [
-        f"| shape | batch | mode | s/step | WID/plain time | compactor R·W·L share | peak RSS MiB | WID/plain memory |",
+        "| shape | batch | mode | s/step | WID/plain time | compactor R·W·L share | peak RSS MiB | WID/plain memory |",
         "|---|---|---|---|---|---|---|---|",
     ]
     for row in rows:

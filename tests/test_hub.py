@@ -7,7 +7,6 @@ import sys
 import textwrap
 
 import pytest
-import torch
 from conftest import ROOT
 from hub_server import HubServer
 from test_cli import compress_args, make_workspace

@@ -3,12 +3,11 @@
 import json
 import subprocess
 import textwrap
-import warnings
 
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import logits, perturb_compactors, python_without_wid_hf, random_batch, tiny_config, tiny_teacher
+from conftest import logits, perturb_compactors, python_without_wid_hf, random_batch, tiny_teacher
 from transformers import (
     BertForMaskedLM,
     BertForQuestionAnswering,

@@ -10,7 +10,6 @@ then the materialised student). Every method but ``wid``/``weight-distill``'s fi
 from __future__ import annotations
 
 import copy
-import os
 from dataclasses import dataclass
 from typing import Optional, Sequence
 
