@@ -94,6 +94,7 @@ def main():
     train = prepare_corpus("offline-wiki", tokenizer, a.seq_len, cache).shuffle(seed=a.seed)
     heldout = heldout_sequences("offline-bbc", tokenizer, a.seq_len, a.eval_sequences, cache)
     results = {"setup": {k: v for k, v in vars(a).items() if k not in ("out",)}, "torch": torch.__version__,
+               "vocab_size": teacher.config.vocab_size,
                "device": "cuda" if torch.cuda.is_available() else f"cpu ({torch.get_num_threads()} threads)",
                "methods": {}}
     os.makedirs(a.out, exist_ok=True)
@@ -126,12 +127,20 @@ def main():
 
 
 def write_table_and_chart(results, out):
-    rows = ["| method | params | train s | held-out MLM loss | held-out MLM acc | BBC topics acc | polarity acc |",
-            "|---|---|---|---|---|---|---|"]
+    from transformers import BertConfig
+
+    from wid_hf.utils import bert_mlm_parameter_count
+
+    rows = ["| method | params (decoder tied) | params as saved | train s | held-out MLM loss | held-out MLM acc | "
+            "BBC topics acc | polarity acc |", "|---|---|---|---|---|---|---|---|"]
+    vocab = results.get("vocab_size", 30522)
     for name, e in results["methods"].items():
         ft = e["finetune"]
         cell = lambda t: f"{ft[t]['mean']:.3f} ± {ft[t]['std']:.3f}" if t in ft else "-"  # noqa: E731
-        rows.append(f"| {name} | {e['parameters'] / 1e6:.1f}M | {e['train_seconds']:.0f} | {e['heldout']['mlm_loss']:.3f} | "
+        # comparable sizes: every model counted with its MLM decoder tied to the word embeddings
+        tied = bert_mlm_parameter_count(BertConfig(vocab_size=vocab, **e["config"]), include_decoder=False)
+        rows.append(f"| {name} | {tied / 1e6:.1f}M | {e['parameters'] / 1e6:.1f}M | {e['train_seconds']:.0f} | "
+                    f"{e['heldout']['mlm_loss']:.3f} | "
                     f"{e['heldout']['mlm_accuracy']:.3f} | {cell('bbc-topics')} | {cell('polarity')} |")
     s = results["setup"]
     head = (f"Teacher {s['teacher']}; every method: {s['steps']} optimizer steps of {s['batch']}x{s['seq_len']} on the "
@@ -165,4 +174,8 @@ def write_table_and_chart(results, out):
 
 
 if __name__ == "__main__":
-    main()
+    if sys.argv[1:2] == ["--table-only"]:  # re-render quality.md/png from an existing quality.json
+        with open(os.path.join(HERE, "results", "quality.json")) as f:
+            write_table_and_chart(json.load(f), os.path.join(HERE, "results"))
+    else:
+        main()
