@@ -23,6 +23,7 @@ import time
 SHAPES = {
     "base": dict(hidden_size=768, num_attention_heads=12, intermediate_size=3072, num_hidden_layers=12),
     "minilm": dict(hidden_size=384, num_attention_heads=12, intermediate_size=1536, num_hidden_layers=6),
+    "tiny": dict(hidden_size=48, num_attention_heads=4, intermediate_size=96, num_hidden_layers=2),  # CI smoke
 }
 HERE = os.path.dirname(os.path.abspath(__file__))
 
