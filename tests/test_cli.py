@@ -217,6 +217,17 @@ def test_compress_with_kd_and_depth_reduction(workspace, capsys):
     report = json.loads((workspace["dir"] / "out" / "report.json").read_text())
     assert report["student"]["num_hidden_layers"] == 1 and report["student"]["kd_objective"] == "attention_kl"
     assert report["student"]["merge_max_abs_deviation"] <= 1e-4
+    # `merge` from the job directory selects the same layer before loading the checkpoint
+    code, out, err = run_cli(["merge", "--checkpoint", str(workspace["dir"] / "out"),
+                              "--output", str(workspace["dir"] / "merged")], capsys)
+    assert code == 0, err
+    merged = BertForMaskedLM.from_pretrained(workspace["dir"] / "merged")
+    assert merged.config.num_hidden_layers == 1
+    # the raw checkpoint on the full teacher is a clear error, not a key dump
+    checkpoint = sorted((workspace["dir"] / "out" / "checkpoints").glob("checkpoint-*"))[-1]
+    code, out, err = run_cli(["merge", "--teacher", workspace["teacher"], "--checkpoint", str(checkpoint),
+                              "--output", str(workspace["dir"] / "m2")], capsys)
+    _one_line_error(code, err, "has 1 layers", "select the same layers")
 
 
 def test_baseline_command(workspace, capsys):

@@ -265,7 +265,8 @@ def cmd_push(args) -> int:
 
 
 def _job_teacher(checkpoint: str, teacher: str | None):
-    """For a `compress` output dir: its latest checkpoint and the teacher it trained from."""
+    """For a `compress` output dir: its latest checkpoint, the teacher it trained from, and the teacher layers it
+    kept (None for all)."""
     from transformers.trainer_utils import get_last_checkpoint
 
     if os.path.isfile(os.path.join(checkpoint, "job.json")):
@@ -275,8 +276,8 @@ def _job_teacher(checkpoint: str, teacher: str | None):
         if last is None:
             raise UsageError(f"{checkpoint} has no checkpoint yet; run `wid-hf compress` there first.")
         warmed = os.path.join(checkpoint, "teacher", "final")
-        return last, teacher or (warmed if os.path.isdir(warmed) else job.get("teacher"))
-    return checkpoint, teacher
+        return last, teacher or (warmed if os.path.isdir(warmed) else job.get("teacher")), job.get("keep_layers")
+    return checkpoint, teacher, None
 
 
 def cmd_merge(args) -> int:
@@ -285,9 +286,14 @@ def cmd_merge(args) -> int:
 
     if not os.path.exists(args.checkpoint):
         raise UsageError(f"No checkpoint at {args.checkpoint}.")
-    checkpoint, teacher_spec = _job_teacher(args.checkpoint, args.teacher)
+    checkpoint, teacher_spec, keep_layers = _job_teacher(args.checkpoint, args.teacher)
     loaded = load_teacher(teacher_spec)
-    model = WIDModel.from_pretrained(loaded.model, checkpoint)
+    source = loaded.model
+    if keep_layers is not None:  # the job trained on a subset of the teacher's layers
+        from .baselines.etd import select_layers
+
+        source = select_layers(source, resolve_layers(keep_layers, source.config.num_hidden_layers))
+    model = WIDModel.from_pretrained(source, checkpoint)
     if args.finalize:
         model.finalize_masks()
     elif not model.hard_masks_active:

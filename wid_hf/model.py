@@ -511,6 +511,13 @@ class WIDModel(nn.Module):
                 f"The WID checkpoint at {path!r} was made for a teacher with {saved}, but this teacher has "
                 f"{vars(dims)}. Pass the teacher the checkpoint was trained from."
             )
+        layers = teacher_meta.get("num_hidden_layers")
+        if layers is not None and layers != model.config.num_hidden_layers:
+            raise ValueError(
+                f"The WID checkpoint at {path!r} has {layers} layers, this teacher {model.config.num_hidden_layers}. "
+                "If it was trained on a subset of layers, select the same layers first "
+                "(wid_hf.baselines.select_layers)."
+            )
         wid = cls(model, WIDConfig.from_dict(meta.get("wid_config", meta)))
         weights = os.path.join(directory, WEIGHTS_NAME)
         try:
