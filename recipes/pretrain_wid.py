@@ -19,10 +19,10 @@ import argparse
 import os
 
 from transformers import AutoTokenizer, BertForMaskedLM, DataCollatorForLanguageModeling
-from transformers.trainer_utils import get_last_checkpoint
 
 from wid_hf import WIDConfig, WIDTrainer, WIDTrainingArguments
 from wid_hf.data import prepare_corpus
+from wid_hf.resume import last_complete_checkpoint
 
 REFERENCE_CORPORA = ["wikimedia/wikipedia:20231101.en", "bookcorpus/bookcorpus"]
 
@@ -90,7 +90,7 @@ def main(argv=None):
     trainer = WIDTrainer(model=teacher, wid_config=wid_config, args=args, train_dataset=train,
                          processing_class=tokenizer,
                          data_collator=DataCollatorForLanguageModeling(tokenizer, mlm_probability=0.15))
-    trainer.train(resume_from_checkpoint=get_last_checkpoint(a.output_dir) if os.path.isdir(a.output_dir) else None)
+    trainer.train(resume_from_checkpoint=last_complete_checkpoint(a.output_dir))
     if trainer.is_world_process_zero():
         from wid_hf.plotting import plot_training
 

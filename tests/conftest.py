@@ -13,7 +13,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SHARED = os.path.join(os.path.dirname(ROOT), "shared")  # only benchmarks/tests read it, never the library
 
 
-def tiny_config(hidden=48, heads=4, intermediate=96, layers=2, vocab=120, **kw) -> BertConfig:
+def tiny_config(hidden=48, heads=4, intermediate=96, layers=2, vocab=120, dropout=0.0, **kw) -> BertConfig:
     return BertConfig(
         hidden_size=hidden,
         num_attention_heads=heads,
@@ -21,8 +21,8 @@ def tiny_config(hidden=48, heads=4, intermediate=96, layers=2, vocab=120, **kw) 
         num_hidden_layers=layers,
         vocab_size=vocab,
         max_position_embeddings=64,
-        hidden_dropout_prob=0.0,
-        attention_probs_dropout_prob=0.0,
+        hidden_dropout_prob=dropout,
+        attention_probs_dropout_prob=dropout,
         **kw,
     )
 

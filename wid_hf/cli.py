@@ -267,12 +267,12 @@ def cmd_push(args) -> int:
 def _job_teacher(checkpoint: str, teacher: str | None):
     """For a `compress` output dir: its latest checkpoint, the teacher it trained from, and the teacher layers it
     kept (None for all)."""
-    from transformers.trainer_utils import get_last_checkpoint
+    from .resume import last_complete_checkpoint
 
     if os.path.isfile(os.path.join(checkpoint, "job.json")):
         with open(os.path.join(checkpoint, "job.json")) as f:
             job = json.load(f)["job"]
-        last = get_last_checkpoint(os.path.join(checkpoint, "checkpoints"))
+        last = last_complete_checkpoint(os.path.join(checkpoint, "checkpoints"), remove_incomplete=False)
         if last is None:
             raise UsageError(f"{checkpoint} has no checkpoint yet; run `wid-hf compress` there first.")
         warmed = os.path.join(checkpoint, "teacher", "final")

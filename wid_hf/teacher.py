@@ -86,8 +86,9 @@ def adapt_mlm(
     Trainer: AdamW (weight decay 0.01), linear warm-up then linear decay to `final_lr_fraction` of the peak,
     gradient clipping 1.0. ``encoder_lr=0`` freezes the encoder (a head warm-up). Resumes from `output_dir`'s
     last checkpoint if there is one. Returns the trained model (also saved to ``output_dir/final``)."""
-    from transformers import DataCollatorForLanguageModeling, Trainer, TrainingArguments
-    from transformers.trainer_utils import get_last_checkpoint
+    from transformers import DataCollatorForLanguageModeling, TrainingArguments
+
+    from .resume import last_complete_checkpoint, resumable_trainer_class, save_dir_atomically
 
     head = _head_parameters(model)
     head_ids = {id(p) for p in head}
@@ -119,18 +120,20 @@ def adapt_mlm(
         logging_steps=max(1, max_steps // 20),
         **training_kwargs,
     )
-    trainer = Trainer(
+    trainer = resumable_trainer_class()(
         model=model,
         args=args,
         train_dataset=train_dataset,
         data_collator=DataCollatorForLanguageModeling(tokenizer, mlm_probability=0.15),
         optimizers=(optimizer, scheduler),
     )
-    last = get_last_checkpoint(output_dir) if os.path.isdir(output_dir) else None
-    trainer.train(resume_from_checkpoint=last)
+    trainer.train(resume_from_checkpoint=last_complete_checkpoint(output_dir))
     for p in model.parameters():
         p.requires_grad_(True)
-    final = os.path.join(output_dir, "final")
-    model.save_pretrained(final)
-    tokenizer.save_pretrained(final)
+
+    def write(directory):
+        model.save_pretrained(directory)
+        tokenizer.save_pretrained(directory)
+
+    save_dir_atomically(os.path.join(output_dir, "final"), write)
     return model

@@ -28,6 +28,7 @@ from transformers.utils import can_return_loss, find_labels
 
 from .config import CONFIG_NAME, WIDConfig
 from .model import WEIGHTS_NAME, WIDModel, get_wid_model
+from .resume import ExactResumeMixin
 
 logger = logging.getLogger(__name__)
 
@@ -79,7 +80,7 @@ class WIDCallback(TrainerCallback):
         _unwrap_wid(model).wid_step(state.global_step + 1, optimizer)
 
 
-class WIDTrainer(Trainer):
+class WIDTrainer(ExactResumeMixin, Trainer):
     """A `transformers.Trainer` for WID. Same constructor, plus `wid_config`.
 
     Accepts a `WIDModel`, or a plain BERT model together with a `WIDConfig` (compactors are then injected). Builds

@@ -19,6 +19,8 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import Trainer, TrainingArguments
 
+from ..resume import ExactResumeMixin
+
 OBJECTIVES = ("mlm", "logit", "hidden", "attention_mse", "attention_kl")
 
 
@@ -81,7 +83,7 @@ class DistillationArguments(TrainingArguments):
     attention_layers: str = field(default="last", metadata={"help": "Attention transfer on 'last' or 'all' layers."})
 
 
-class DistillationTrainer(Trainer):
+class DistillationTrainer(ExactResumeMixin, Trainer):
     """A Trainer whose loss is ``(1 - alpha) * MLM + alpha * KD`` for the chosen objective (``mlm``: no KD)."""
 
     def __init__(self, model=None, args=None, *pargs, teacher: nn.Module = None, objective: Optional[str] = None,
