@@ -166,7 +166,7 @@ def test_bad_inputs_get_one_line_errors(workspace, capsys):
     code, _, err = run_cli(compress_args(ws, out="o4", **{"--corpus": str(ws["dir"] / "nope.txt")}), capsys)
     _one_line_error(code, err, "nope.txt")
 
-    assert run_cli(compress_args(ws, out="o5", **{"--steps": "4"}), capsys)[0] == 0
+    assert run_cli(compress_args(ws, out="o5", **{"--steps": "6"}), capsys)[0] == 0
     code, _, err = run_cli(compress_args(ws, out="o5", **{"--steps": "8"}), capsys)
     _one_line_error(code, err, "different job", "max_steps", "--overwrite")
 

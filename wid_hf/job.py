@@ -149,15 +149,49 @@ def _check_output_dir(job: CompressJob) -> None:
         json.dump({"identity": job.identity(), "job": dataclasses.asdict(job), "wid_hf": __version__}, f, indent=2)
 
 
+def _finished_report(job: CompressJob) -> Optional[dict]:
+    """The report of a finished run of this very job, or None. report.json is written last and atomically, so its
+    presence with the job's settings means the student, plots and report are all complete."""
+    path = os.path.join(job.output_dir, "report.json")
+    if job.overwrite or not os.path.isfile(path):
+        return None
+    try:
+        with open(path) as f:
+            report = json.load(f)
+    except (OSError, ValueError):
+        return None
+    same = report.get("identity") == json.loads(json.dumps(job.identity()))
+    student = report.get("student", {}).get("path")
+    return report if same and student and os.path.isfile(os.path.join(student, "config.json")) else None
+
+
+def _check_schedule_fits(job: CompressJob, wid_config: WIDConfig, dims: TeacherDims) -> None:
+    """An explicit schedule that cannot reach hard masks within --steps would give an inexact student: refuse it."""
+    from .schedule import pruning_end_step
+
+    end = pruning_end_step(wid_config, dims)
+    interval = wid_config.mask_interval
+    last = end + interval if wid_config.hard_masks else end
+    if last <= job.max_steps:
+        return
+    fits = max(1, job.max_steps // (last // interval))  # the same number of intervals, shorter
+    raise ValueError(
+        f"--steps {job.max_steps} ends before the pruning schedule does (targets at step {end}, hard masks at step "
+        f"{last}): use --steps {last} or more, or --mask-interval {fits} or less."
+    )
+
+
 def _say(message: str) -> None:
     logger.info(message)
     print(f"[wid-hf] {message}", flush=True)
 
 
 def run_compress(job: CompressJob) -> dict:
-    """Run (or resume) the whole job; returns the report dictionary."""
-    from transformers import DataCollatorForLanguageModeling, set_seed
-    from transformers.trainer_utils import get_last_checkpoint
+    """Run (or resume) the whole job; returns the report dictionary. A job whose report is already written (with the
+    same settings) is finished: it is returned as it is, and nothing is trained or written."""
+    from transformers import DataCollatorForLanguageModeling, TrainerState, set_seed
+
+    from .resume import checkpoint_step, last_complete_checkpoint, save_dir_atomically, write_json_atomically
 
     from .data import heldout_sequences, prepare_corpus
     from .evaluation import bert_mlm_forward_flops, evaluate_mlm, inference_throughput
@@ -169,11 +203,17 @@ def run_compress(job: CompressJob) -> dict:
 
     started = time.time()
     _check_output_dir(job)
+    finished = _finished_report(job)
+    if finished is not None:
+        _say(f"this job is already finished: the student is in {finished['student']['path']}, the report in "
+             f"{os.path.join(job.output_dir, 'report.md')} (use --overwrite to run it again)")
+        return finished
     set_seed(job.seed)
     cache = os.path.join(job.output_dir, "cache")
     loaded = load_teacher(job.teacher)
     teacher, tokenizer = loaded.model, loaded.tokenizer
     wid_config = job.wid_config().resolve(TeacherDims.from_model_config(teacher.config))  # unmergeable -> error now
+    _check_schedule_fits(job, wid_config, TeacherDims.from_model_config(teacher.config))
 
     train = prepare_corpus(job.corpus, tokenizer, job.seq_len, cache, job.text_column)
     heldout = heldout_sequences(job.eval_corpus, tokenizer, job.seq_len, job.eval_sequences, cache)
@@ -232,15 +272,28 @@ def run_compress(job: CompressJob) -> dict:
         trainer_cls, extra = WIDDistillationTrainer, dict(teacher=teacher, objective=job.kd_objective, alpha=0.5)
     trainer = trainer_cls(model=model, args=args, train_dataset=train, processing_class=tokenizer,
                           data_collator=DataCollatorForLanguageModeling(tokenizer, mlm_probability=0.15), **extra)
-    last = get_last_checkpoint(args.output_dir) if os.path.isdir(args.output_dir) else None
-    if last:
-        _say(f"resuming from {last}")
+    last = last_complete_checkpoint(args.output_dir, say=_say)
     train_started = time.time()
-    trainer.train(resume_from_checkpoint=last)
+    if last and checkpoint_step(last) >= job.max_steps:
+        # killed after training, during the merge or the report: finish from the final checkpoint, train nothing
+        _say(f"training already complete in {last}; merging")
+        trainer._load_from_checkpoint(last)
+        trainer.state = TrainerState.load_from_json(os.path.join(last, "trainer_state.json"))
+    else:
+        if last:
+            _say(f"resuming from {last}")
+        trainer.train(resume_from_checkpoint=last)
     train_seconds = time.time() - train_started
 
     student_dir = os.path.join(job.output_dir, "student")
-    student = trainer.save_student(student_dir, probe_inputs={"input_ids": torch.tensor(heldout[:4]["input_ids"])})
+    probe = {"input_ids": torch.tensor(heldout[:4]["input_ids"])}
+    student = model.merge_and_unload(progressbar=job.progressbar, probe_inputs=probe)
+
+    def write_student(directory):
+        student.save_pretrained(directory)
+        tokenizer.save_pretrained(directory)
+
+    save_dir_atomically(student_dir, write_student)
     deviation = model.last_merge_deviation
     student_eval = evaluate_mlm(student, heldout, progressbar=job.progressbar, desc="Student eval")
     student_speed = inference_throughput(student, batch_size=min(32, job.batch_size * 4), seq_len=job.seq_len)
@@ -285,10 +338,10 @@ def run_compress(job: CompressJob) -> dict:
                       / bert_mlm_forward_flops(student.config, job.seq_len)},
         "wall_seconds": time.time() - started,
     }
-    with open(os.path.join(job.output_dir, "report.json"), "w") as f:
-        json.dump(report, f, indent=2)
+    report["identity"] = json.loads(json.dumps(job.identity()))
     with open(os.path.join(job.output_dir, "report.md"), "w") as f:
         f.write(render_report(report))
+    write_json_atomically(os.path.join(job.output_dir, "report.json"), report)  # last: its presence means finished
     _say(f"student saved to {student_dir}; report in {os.path.join(job.output_dir, 'report.md')}")
     return report
 
