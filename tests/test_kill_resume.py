@@ -121,7 +121,7 @@ def test_killed_job_resumes_to_the_same_student(setup, kill, resumes_from):
 
     second = run_job(setup, out)
     assert second.returncode == 0, second.stderr
-    assert f"resuming from" in second.stdout and resumes_from in second.stdout, second.stdout
+    assert "resuming from" in second.stdout and resumes_from in second.stdout, second.stdout
     if "writing" in kill:
         assert "incomplete" in second.stdout, second.stdout
     assert_same_student(setup, out)

@@ -166,7 +166,7 @@ def _finished_report(job: CompressJob) -> Optional[dict]:
 
 
 def _check_schedule_fits(job: CompressJob, wid_config: WIDConfig, dims: TeacherDims) -> None:
-    """An explicit schedule that cannot reach hard masks within --steps would give an inexact student: refuse it."""
+    """A schedule that cannot reach hard masks within --steps would give an inexact student: refuse it up front."""
     from .schedule import pruning_end_step
 
     end = pruning_end_step(wid_config, dims)
@@ -191,12 +191,11 @@ def run_compress(job: CompressJob) -> dict:
     same settings) is finished: it is returned as it is, and nothing is trained or written."""
     from transformers import DataCollatorForLanguageModeling, TrainerState, set_seed
 
-    from .resume import checkpoint_step, last_complete_checkpoint, save_dir_atomically, write_json_atomically
-
     from .data import heldout_sequences, prepare_corpus
     from .evaluation import bert_mlm_forward_flops, evaluate_mlm, inference_throughput
     from .model import get_wid_model
     from .plotting import plot_schedule, plot_training
+    from .resume import checkpoint_step, last_complete_checkpoint, save_pretrained_atomically, write_json_atomically
     from .teacher import adapt_mlm, load_teacher
     from .trainer import WIDTrainer, WIDTrainingArguments
     from .utils import bert_mlm_parameter_count, count_parameters
@@ -288,12 +287,7 @@ def run_compress(job: CompressJob) -> dict:
     student_dir = os.path.join(job.output_dir, "student")
     probe = {"input_ids": torch.tensor(heldout[:4]["input_ids"])}
     student = model.merge_and_unload(progressbar=job.progressbar, probe_inputs=probe)
-
-    def write_student(directory):
-        student.save_pretrained(directory)
-        tokenizer.save_pretrained(directory)
-
-    save_dir_atomically(student_dir, write_student)
+    save_pretrained_atomically(student_dir, student, tokenizer)
     deviation = model.last_merge_deviation
     student_eval = evaluate_mlm(student, heldout, progressbar=job.progressbar, desc="Student eval")
     student_speed = inference_throughput(student, batch_size=min(32, job.batch_size * 4), seq_len=job.seq_len)

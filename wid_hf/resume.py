@@ -142,12 +142,14 @@ def resumable_trainer_class():
     return type("ResumableTrainer", (ExactResumeMixin, Trainer), {"__doc__": "Trainer with exact, kill-safe resume."})
 
 
-def save_dir_atomically(path: str, write: Callable[[str], None]) -> None:
-    """Call `write(tmp)` to fill a sibling temp folder, then move it to `path` in one rename: a kill leaves either
-    the old `path` (or none) or the complete new one, never a half-written folder that a rerun would trust."""
+def save_pretrained_atomically(path: str, *objects) -> None:
+    """`save_pretrained` each object (a model, its tokenizer) into a sibling temp folder, then move it to `path` in one
+    rename: a kill leaves the old `path` (or none) or the complete new one, never a half-written folder that a rerun
+    would trust."""
     tmp = path.rstrip(os.sep) + ".incomplete"
     shutil.rmtree(tmp, ignore_errors=True)
-    write(tmp)
+    for obj in objects:
+        obj.save_pretrained(tmp)
     if os.path.isdir(path):
         shutil.rmtree(path)
     os.replace(tmp, path)

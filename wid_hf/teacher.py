@@ -88,7 +88,7 @@ def adapt_mlm(
     last checkpoint if there is one. Returns the trained model (also saved to ``output_dir/final``)."""
     from transformers import DataCollatorForLanguageModeling, TrainingArguments
 
-    from .resume import last_complete_checkpoint, resumable_trainer_class, save_dir_atomically
+    from .resume import last_complete_checkpoint, resumable_trainer_class, save_pretrained_atomically
 
     head = _head_parameters(model)
     head_ids = {id(p) for p in head}
@@ -130,10 +130,5 @@ def adapt_mlm(
     trainer.train(resume_from_checkpoint=last_complete_checkpoint(output_dir))
     for p in model.parameters():
         p.requires_grad_(True)
-
-    def write(directory):
-        model.save_pretrained(directory)
-        tokenizer.save_pretrained(directory)
-
-    save_dir_atomically(os.path.join(output_dir, "final"), write)
+    save_pretrained_atomically(os.path.join(output_dir, "final"), model, tokenizer)
     return model
