@@ -70,7 +70,8 @@ def setup(tmp_path_factory):
     (root / "wrapper.py").write_text(WRAPPER)
     BertModel(tiny_config(dropout=0.1)).save_pretrained(root / "encoder")  # no MLM head: the job warms one up
     tokenizer.save_pretrained(root / "encoder")
-    ws = {"root": root, "teacher": str(root / "teacher"), "encoder": str(root / "encoder"), "train": write_corpus(root / "train.txt"),
+    ws = {"root": root, "teacher": str(root / "teacher"), "encoder": str(root / "encoder"),
+          "train": write_corpus(root / "train.txt"),
           "eval": write_corpus(root / "eval.txt", n_docs=30, seed=1)}
     reference = run_job(ws, "reference")
     assert reference.returncode == 0, reference.stderr

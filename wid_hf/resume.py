@@ -5,9 +5,9 @@ Two things stand between `transformers.Trainer` (5.x) and a resumed run that equ
 1. `DataCollatorForLanguageModeling` draws its 15% masks from the global RNG inside the DataLoader, and accelerate's
    DataLoader prefetches one batch: the masks of batch k+1 are drawn before step k's checkpoint saves the RNG, so a
    resumed run masks every later batch differently (measured: a 60-step CLI job resumed at checkpoint-20 ended 0.84,
-   max abs weight, away from the uninterrupted student). `ExactResumeMixin` moves the masking of such a collator's training
-   batches to the training step (`MaskAtTrainingStep`): the DataLoader only pads, and the masks are drawn from the RNG exactly
-   where dropout draws, in step order, after Trainer has restored the checkpoint's RNG states.
+   max abs weight, away from the uninterrupted student). `ExactResumeMixin` moves the masking of such a collator's
+   training batches to the training step (`MaskAtTrainingStep`): the DataLoader only pads, and the masks are drawn
+   from the RNG where dropout draws, in step order, after Trainer has restored the checkpoint's RNG states.
 2. A kill in the middle of a checkpoint write leaves a `checkpoint-N` folder that `get_last_checkpoint` still picks.
    Trainer writes `trainer_state.json` last (after weights, optimizer, scheduler and RNG states), so a checkpoint is
    complete exactly when that file parses and names step N and the other files it needs are there.
@@ -71,7 +71,7 @@ def last_complete_checkpoint(directory: str, say: Callable[[str], None] = logger
         if match:
             found.append((int(match.group(1)), os.path.join(directory, name)))
     best = None
-    for number, path in sorted(found, reverse=True):
+    for _, path in sorted(found, reverse=True):
         if checkpoint_step(path) is not None:
             best = best or path
         elif best is None:  # only newer-than-the-last-good ones can be half-written leftovers of a kill
