@@ -63,8 +63,11 @@ def test_json_round_trip_ignores_unknown_keys(tmp_path):
     c = WIDConfig(target_hidden_size=516, target_intermediate_size=2064, mask_interval=7, penalty_lambda=3.0)
     c.save_pretrained(tmp_path)
     data = json.loads((tmp_path / "wid_config.json").read_text())
-    data["from_the_future"] = 1
+    data["wid_config"]["from_the_future"] = 1
     (tmp_path / "wid_config.json").write_text(json.dumps(data))
+    assert WIDConfig.from_pretrained(tmp_path) == c
+    # the flat layout early versions wrote (the config's fields at the top level) still loads
+    (tmp_path / "wid_config.json").write_text(json.dumps(data["wid_config"]))
     assert WIDConfig.from_pretrained(tmp_path) == c
     (tmp_path / "wid_config.json").write_text("{not json")
     with pytest.raises(ValueError, match="corrupt"):

@@ -9,16 +9,17 @@ checked by `WIDConfig.resolve` when the config meets a model, and every error na
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import math
 import os
 from dataclasses import dataclass, field
 from typing import Literal, Optional
 
+from .checkpoint import CONFIG_NAME, read_wid_config, write_wid_config
+
 logger = logging.getLogger(__name__)
 
-CONFIG_NAME = "wid_config.json"
+__all__ = ["WIDConfig", "TeacherDims", "PRESETS", "CONFIG_NAME"]
 HEAD_STRATEGIES = ("dim", "head")
 MASK_SCORINGS = ("reference", "aggregate")
 
@@ -44,7 +45,7 @@ class TeacherDims:
         )
 
 
-# The paper's students (WID_SPEC.md §7). They are sized for a 768/3072/12-head teacher such as bert-base-uncased;
+# The paper's students (docs/method.md, "Presets"). They are sized for a 768/3072/12-head teacher such as bert-base-uncased;
 # for other teachers use `target_ratio` (or `WIDConfig.from_preset(name, ...)` with overrides).
 PRESETS: dict[str, dict] = {
     "wid55": dict(target_hidden_size=516, target_intermediate_size=2064, head_strategy="dim"),
@@ -67,6 +68,8 @@ class WIDConfig:
         0.5
     """
 
+    _argument_group_name = "WID (WIDConfig)"  # the section of `wid-hf compress --help`
+
     target_hidden_size: Optional[int] = field(
         default=None,
         metadata={"help": "Hidden width of the student (also its attention width and MLM-head width)."},
@@ -77,6 +80,7 @@ class WIDConfig:
     target_ratio: Optional[float] = field(
         default=None,
         metadata={
+            "aliases": ["--ratio"],
             "help": "Derive any target size left unset from the teacher: hidden = the valid width nearest to "
             "ratio * H, intermediate = round(ratio * F). In (0, 1]."
         },
@@ -206,12 +210,8 @@ class WIDConfig:
         return dataclasses.asdict(self)
 
     def save_pretrained(self, save_directory: str | os.PathLike) -> str:
-        os.makedirs(save_directory, exist_ok=True)
-        path = os.path.join(save_directory, CONFIG_NAME)
-        with open(path, "w", encoding="utf-8") as f:
-            json.dump(self.to_dict(), f, indent=2, sort_keys=True)
-            f.write("\n")
-        return path
+        """Write `wid_config.json` (the layout of a WID state, without its tensors); returns its path."""
+        return write_wid_config(save_directory, self.to_dict())
 
     @classmethod
     def from_dict(cls, data: dict) -> "WIDConfig":
@@ -224,17 +224,7 @@ class WIDConfig:
     @classmethod
     def from_pretrained(cls, path: str | os.PathLike) -> "WIDConfig":
         """Load from a directory holding `wid_config.json`, or from the JSON file itself."""
-        path = os.fspath(path)
-        if os.path.isdir(path):
-            path = os.path.join(path, CONFIG_NAME)
-        if not os.path.isfile(path):
-            raise FileNotFoundError(f"No {CONFIG_NAME} at {path!r}: is this a directory written by save_pretrained?")
-        try:
-            with open(path, encoding="utf-8") as f:
-                data = json.load(f)
-        except json.JSONDecodeError as err:
-            raise ValueError(f"{path} is not valid JSON ({err}); the WID checkpoint is corrupt.") from err
-        return cls.from_dict(data.get("wid_config", data))
+        return cls.from_dict(read_wid_config(path)["wid_config"])
 
 
 def _valid_neighbours(value: float, unit: int, maximum: int) -> list[int]:

@@ -1,5 +1,5 @@
 """Mask groups: which compactor rows/columns, LayerNorm entries and biases are pruned together, how a group is
-scored, and how the kept set is chosen (WID_SPEC.md §3-§4).
+scored, and how the kept set is chosen (docs/method.md, "Mask groups" and "Heads").
 
 A group only *references* modules of the injected model; its kept/pruned state is the bool buffer of the same
 name in `WIDMasks`.

@@ -14,7 +14,6 @@ Example:
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import re
@@ -24,16 +23,14 @@ from typing import Any, Optional
 import torch
 from torch import nn
 
-from . import __version__
-from .config import CONFIG_NAME, TeacherDims, WIDConfig
+from . import checkpoint, pruner
+from .config import TeacherDims, WIDConfig
 from .layer import EmbeddingCompactor, MaskedLayerNorm, WIDLinear, WIDMasks
-from .mask_groups import MaskGroup, broadcast_mask, select_kept
+from .mask_groups import MaskGroup
 from .merge import EMBEDDING_TABLES, build_student
-from .schedule import pruned_count, pruning_end_step
+from .schedule import pruning_end_step
 
 logger = logging.getLogger(__name__)
-
-WEIGHTS_NAME = "wid_model.safetensors"
 
 # Model classes wid_hf knows how to wrap, and the group their task head reads: "hidden" (token outputs),
 # "pooler" (the pooled [CLS] output) or None (no task head besides the MLM head, or none at all).
@@ -46,7 +43,7 @@ SUPPORTED_MODELS = {
     "BertForQuestionAnswering": ("qa_outputs", "hidden"),
 }
 
-# The injection table (WID_SPEC.md §2): module path below the encoder -> (wrapper, input group, output group).
+# The injection table (docs/method.md, "Compactors"): module path below the encoder -> (wrapper, input group, output group).
 # "{i}" is the layer index. Compactors on the vocabulary or label side are never created.
 _ENCODER_RULES = [
     (r"embeddings\.LayerNorm", "embedding", None, "hidden"),
@@ -112,18 +109,16 @@ class WIDModel(nn.Module):
         if task_head is not None:
             rules.append((re.escape(task_head[0]), "linear", task_head[1], None))
 
-        sizes = {"hidden": dims.hidden_size}
+        groups = [("hidden", "hidden", dims.hidden_size)]  # (name, kind, size)
         for i in range(model.config.num_hidden_layers):
-            sizes[f"attention_{i}"] = dims.hidden_size
-            sizes[f"ffn_{i}"] = dims.intermediate_size
+            groups += [(f"attention_{i}", "attention", dims.hidden_size), (f"ffn_{i}", "ffn", dims.intermediate_size)]
         if class_name == "BertForMaskedLM":
-            sizes["head"] = dims.hidden_size
+            groups.append(("head", "head", dims.hidden_size))
         if getattr(model.get_submodule(prefix.rstrip(".")) if prefix else model, "pooler", None) is not None:
-            sizes["pooler"] = dims.hidden_size
-        device = next(model.parameters()).device
-        self.masks = WIDMasks(sizes, device=device)
-        for name, size in sizes.items():
-            kind = name.split("_")[0]
+            groups.append(("pooler", "pooler", dims.hidden_size))
+        sizes = {name: size for name, _, size in groups}
+        self.masks = WIDMasks(sizes, device=next(model.parameters()).device)
+        for name, kind, size in groups:
             block = dims.head_size if kind in ("hidden", "attention") else None
             self.groups[name] = MaskGroup(name=name, kind=kind, size=size, block_size=block)
 
@@ -177,7 +172,7 @@ class WIDModel(nn.Module):
         setattr(parent, child, new)
 
     def _set_score_sources(self, model: nn.Module, prefix: str) -> None:
-        """The reference scoring sources (WID_SPEC.md §3)."""
+        """The reference scoring sources (docs/method.md, "Mask groups")."""
         layers = model.get_submodule(prefix + "encoder.layer")
         self.groups["hidden"].score_source = (layers[0].attention.self.value, "in")
         for i, layer in enumerate(layers):
@@ -233,12 +228,7 @@ class WIDModel(nn.Module):
         """Everything WID does before optimizer step `step` (1-based: ``trainer.state.global_step + 1``), once the
         step's gradients are complete and clipped: recompute the masks at every interval, switch to hard masks at
         `hard_mask_step`, and apply the penalty. `WIDTrainer` calls this; call it yourself in a custom loop."""
-        if not self.masks.is_hard:
-            if self.hard_mask_step is not None and step >= self.hard_mask_step:
-                self.finalize_masks(optimizer)
-            elif step % self.wid_config.mask_interval == 0:
-                self.update_masks(step)
-        self.apply_penalty(step, optimizer)
+        pruner.wid_step(self, step, optimizer)
 
     def student_parameter_count(self) -> int:
         """Parameters the merged student would have with the current masks (decoder untied, as after a merge)."""
@@ -269,27 +259,12 @@ class WIDModel(nn.Module):
         """Kept width of every group, e.g. ``{"hidden": 516, "attention_0": 516, "ffn_0": 2064, ...}``."""
         return {name: self.masks.kept_count(name) for name in self.groups}
 
-    @torch.no_grad()
     def update_masks(self, step: int) -> dict[str, int]:
-        """Recompute every mask group from scratch for optimizer step `step` (1-based, WID_SPEC.md §5): prune the
-        scheduled number of lowest-importance indices. A no-op once hard masks are on (the masks are final)."""
-        if not self.masks.is_hard:
-            for group in self.groups.values():
-                n = pruned_count(self.wid_config, self.teacher_dims, group.kind, step)
-                self.masks.set(group.name, self._select(group, n))
+        """Recompute every mask group from scratch for optimizer step `step` (1-based; docs/method.md, "The
+        schedule"): prune the scheduled number of lowest-importance indices. A no-op once hard masks are on."""
+        pruner.update_masks(self, step)
         return self.kept_sizes()
 
-    def _select(self, group: MaskGroup, n_pruned: int) -> torch.Tensor:
-        if group.kind in ("hidden", "attention"):
-            return select_kept(
-                group.scores(self.wid_config.mask_scoring),
-                n_pruned,
-                block_size=group.block_size,
-                whole_blocks=self.wid_config.head_strategy == "head",
-            )
-        return select_kept(group.scores(self.wid_config.mask_scoring), n_pruned)
-
-    @torch.no_grad()
     def finalize_masks(self, optimizer: Optional[torch.optim.Optimizer] = None) -> dict[str, int]:
         """Prune every group to its target now, switch to hard masks and zero pruned entries exactly.
 
@@ -297,73 +272,21 @@ class WIDModel(nn.Module):
         re-select the same indices); others are completed from the current importances. If an optimizer is given,
         its state for pruned entries is zeroed too, so Adam's momentum cannot move them off zero.
         """
-        if not self.masks.is_hard:
-            for group in self.groups.values():
-                target = pruned_count(self.wid_config, self.teacher_dims, group.kind, self.pruning_end_step)
-                if group.size - self.masks.kept_count(group.name) != target:
-                    self.masks.set(group.name, self._select(group, target))
-            self.masks.set_hard(True)
-        self.zero_pruned_(optimizer)
+        pruner.finalize_masks(self, optimizer)
         return self.kept_sizes()
 
-    @torch.no_grad()
     def zero_pruned_(self, optimizer: Optional[torch.optim.Optimizer] = None) -> None:
         """Set every pruned entry, its pending gradient and (given an optimizer) its state to exactly zero."""
-        state = getattr(optimizer, "state", {}) if optimizer is not None else {}
-        for group in self.groups.values():
-            kept = self.masks.get(group.name)
-            for param, how in group.penalised_tensors():
-                keep = broadcast_mask(kept, how).to(param.dtype)
-                param.mul_(keep)
-                if param.grad is not None:
-                    param.grad.mul_(keep.to(param.grad.dtype))
-                for value in state.get(param, {}).values():
-                    if torch.is_tensor(value) and value.shape == param.shape:
-                        value.mul_(keep.to(value.dtype))
+        pruner.zero_pruned(self, optimizer)
 
-    @torch.no_grad()
     def apply_penalty(self, step: int, optimizer: Optional[torch.optim.Optimizer] = None) -> None:
-        """Apply WID's sparsity penalty to the gradients of optimizer step `step` (1-based; WID_SPEC.md §5).
+        """Apply WID's sparsity penalty to the gradients of optimizer step `step` (see `wid_hf.pruner.apply_penalty`).
+        Call it after gradients are complete (accumulated, unscaled and clipped) and before ``optimizer.step()``."""
+        pruner.apply_penalty(self, step, optimizer)
 
-        Call it after gradients are complete (accumulated, unscaled and clipped) and before ``optimizer.step()``.
-        During the first interval (steps 1..mask_interval) every compactor gets an extra ``warmup_l2 * W``. Afterwards the gradient of
-        each pruned entry is replaced by ``min(lambda, 1) * W`` and, with an Adam-type optimizer, its first moment
-        is pushed by ``0.1 * (lambda - 1) * W``; kept entries keep their task gradient and moments untouched.
-        Nothing is done under hard masks: pruned entries are exactly zero and receive no gradient.
-        """
-        cfg = self.wid_config
-        if self.masks.is_hard:
-            return
-        if step <= cfg.mask_interval:
-            if cfg.warmup_l2:
-                for param in self.compactor_parameters():
-                    if param.grad is not None:
-                        param.grad.add_(param.detach(), alpha=cfg.warmup_l2)
-            return
-        lam = cfg.penalty_lambda
-        state = getattr(optimizer, "state", {}) if optimizer is not None else {}
-        for group in self.groups.values():
-            pruned = ~self.masks.get(group.name)
-            for param, how in group.penalised_tensors():
-                where = broadcast_mask(pruned, how)
-                if param.grad is not None:
-                    param.grad.copy_(torch.where(where, min(lam, 1.0) * param.detach(), param.grad))
-                exp_avg = state.get(param, {}).get("exp_avg")
-                if lam > 1 and exp_avg is not None:
-                    pushed = 0.9 * exp_avg + (0.1 * (lam - 1)) * param.detach()
-                    exp_avg.copy_(torch.where(where, pushed, exp_avg))
-
-    @torch.no_grad()
     def pruned_norms(self) -> dict[str, float]:
         """L2 norm of the pruned compactor entries of every group (goes to zero as the penalty works)."""
-        out = {}
-        for group in self.groups.values():
-            pruned = ~self.masks.get(group.name)
-            total = 0.0
-            for param, how in group.compactor_entries():
-                total += float((param * broadcast_mask(pruned, how)).float().square().sum())
-            out[group.name] = total**0.5
-        return out
+        return pruner.pruned_norms(self)
 
     # ------------------------------------------------------------------ merge
     def merge_and_unload(
@@ -387,11 +310,7 @@ class WIDModel(nn.Module):
         if not exact:
             # A standard BERT needs every group at its final width (one hidden size, one FFN size): groups still
             # on their way are pruned to their targets from the current importances for the student only.
-            with torch.no_grad():
-                for group in self.groups.values():
-                    target = pruned_count(self.wid_config, self.teacher_dims, group.kind, self.pruning_end_step)
-                    if group.size - self.masks.kept_count(group.name) != target:
-                        self.masks.set(group.name, self._select(group, target))
+            pruner.prune_to_targets(self)
         try:
             student = build_student(self, progressbar=progressbar)
         finally:
@@ -439,44 +358,15 @@ class WIDModel(nn.Module):
         ids = torch.randint(0, vocab, (2, 16), generator=generator).to(self.masks.hard.device)
         return {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
 
-    # ------------------------------------------------------------------ save / load
+    # ------------------------------------------------------------------ save / load (wid_hf.checkpoint)
     def wid_state_dict(self, include_inherited: bool = True) -> dict[str, torch.Tensor]:
         """Compactors, masks and (by default) the inherited weights, each tensor once (tied ones deduplicated)."""
-        state, seen = {}, set()
-        full = self.state_dict()
-        for name, param in self.named_parameters():  # named_parameters drops tied duplicates
-            if include_inherited or ".compactor" in name:
-                state[name] = param
-                seen.add(name)
-        for name, tensor in full.items():
-            if name.startswith("masks.") or (include_inherited and name not in seen and _is_buffer(self, name)):
-                state[name] = tensor
-        return {k: v.detach().contiguous() for k, v in state.items()}
+        return checkpoint.wid_state_dict(self, include_inherited)
 
     def save_pretrained(self, save_directory: str | os.PathLike, include_inherited: bool = True, **kwargs) -> None:
         """Write ``wid_config.json`` and ``wid_model.safetensors`` (compactors, masks and, by default, the
         inherited weights, which WID also trains). Load with ``WIDModel.from_pretrained(teacher, save_directory)``."""
-        from safetensors.torch import save_file
-
-        os.makedirs(save_directory, exist_ok=True)
-        meta = {
-            "wid_config": self.wid_config.to_dict(),
-            "teacher": {
-                "class": type(self.base_model).__name__,
-                "name_or_path": getattr(self.base_model.config, "_name_or_path", None),
-                "hidden_size": self.teacher_dims.hidden_size,
-                "intermediate_size": self.teacher_dims.intermediate_size,
-                "num_attention_heads": self.teacher_dims.num_attention_heads,
-                "num_hidden_layers": self.base_model.config.num_hidden_layers,
-            },
-            "include_inherited": include_inherited,
-            "wid_hf_version": __version__,
-        }
-        with open(os.path.join(save_directory, CONFIG_NAME), "w", encoding="utf-8") as f:
-            json.dump(meta, f, indent=2, sort_keys=True)
-            f.write("\n")
-        tensors = {k: v.cpu() for k, v in self.wid_state_dict(include_inherited).items()}
-        save_file(tensors, os.path.join(save_directory, WEIGHTS_NAME), metadata={"format": "pt"})
+        checkpoint.save_wid_state(self, save_directory, include_inherited)
 
     def push_to_hub(self, repo_id: str, **kwargs):
         """Push the WID state (see `save_pretrained`) to a Hub repo, PEFT-style; `kwargs` go to
@@ -491,61 +381,17 @@ class WIDModel(nn.Module):
 
         `path` is a local directory or a Hub repo id (downloaded with huggingface_hub; `kwargs` such as
         ``revision`` or ``token`` are passed to it)."""
-        from safetensors import SafetensorError
-        from safetensors.torch import load_file
-
-        directory = _resolve_directory(path, **kwargs)
-        config_path = os.path.join(directory, CONFIG_NAME)
-        try:
-            with open(config_path, encoding="utf-8") as f:
-                meta = json.load(f)
-        except FileNotFoundError as err:
-            raise FileNotFoundError(f"{path!r} holds no {CONFIG_NAME}; is it a WIDModel.save_pretrained directory?") from err
-        except json.JSONDecodeError as err:
-            raise ValueError(f"{config_path} is not valid JSON ({err}); the WID checkpoint is corrupt.") from err
-        teacher_meta = meta.get("teacher", {})
-        dims = TeacherDims.from_model_config(model.config)
-        saved = {k: teacher_meta.get(k) for k in ("hidden_size", "intermediate_size", "num_attention_heads")}
-        if saved and all(v is not None for v in saved.values()) and saved != vars(dims):
-            raise ValueError(
-                f"The WID checkpoint at {path!r} was made for a teacher with {saved}, but this teacher has "
-                f"{vars(dims)}. Pass the teacher the checkpoint was trained from."
-            )
-        layers = teacher_meta.get("num_hidden_layers")
-        if layers is not None and layers != model.config.num_hidden_layers:
-            raise ValueError(
-                f"The WID checkpoint at {path!r} has {layers} layers, this teacher {model.config.num_hidden_layers}. "
-                "If it was trained on a subset of layers, select the same layers first "
-                "(wid_hf.baselines.select_layers)."
-            )
-        wid = cls(model, WIDConfig.from_dict(meta.get("wid_config", meta)))
-        weights = os.path.join(directory, WEIGHTS_NAME)
-        try:
-            tensors = load_file(weights, device=str(next(model.parameters()).device))
-        except FileNotFoundError as err:
-            raise FileNotFoundError(f"{weights} is missing; the WID checkpoint is incomplete.") from err
-        except (SafetensorError, OSError, ValueError) as err:
-            raise ValueError(f"Could not read {weights} ({err}); the file is corrupt or truncated.") from err
-        wid.load_wid_state_dict(tensors, source=str(weights))
+        directory = checkpoint.resolve_directory(path, **kwargs)
+        meta = checkpoint.read_wid_config(directory)
+        checkpoint.check_teacher(meta, model.config, str(path))
+        wid = cls(model, WIDConfig.from_dict(meta["wid_config"]))
+        wid.load_wid_state_dict(checkpoint.read_wid_tensors(directory, next(model.parameters()).device),
+                                source=os.path.join(directory, checkpoint.WEIGHTS_NAME))
         return wid
 
     def load_wid_state_dict(self, tensors: dict[str, torch.Tensor], source: str = "the checkpoint") -> None:
-        expected = self.wid_state_dict(include_inherited=True)
-        required = {k for k in expected if ".compactor" in k or k.startswith("masks.")}
-        missing = sorted(required - set(tensors))
-        unexpected = sorted(set(tensors) - set(expected))
-        if missing or unexpected:
-            raise ValueError(
-                f"{source} does not match this model: missing {missing[:5]}{'...' if len(missing) > 5 else ''}, "
-                f"unexpected {unexpected[:5]}{'...' if len(unexpected) > 5 else ''}. Was it saved from a different "
-                "teacher or wid_hf version?"
-            )
-        for key, value in tensors.items():
-            if expected[key].shape != value.shape:
-                raise ValueError(
-                    f"{source}: {key} has shape {tuple(value.shape)}, this model expects {tuple(expected[key].shape)}."
-                )
-        self.load_state_dict(tensors, strict=False)
+        """Load tensors of `wid_state_dict` (shapes and names must match this model)."""
+        checkpoint.load_wid_state_dict(self, tensors, source)
 
 
 def get_wid_model(model: nn.Module, config: WIDConfig) -> WIDModel:
@@ -571,22 +417,3 @@ def _first_output(output) -> torch.Tensor:
     if hasattr(output, "start_logits"):
         return torch.cat([output.start_logits, output.end_logits], dim=-1)
     return output[0]
-
-
-def _is_buffer(module: nn.Module, name: str) -> bool:
-    prefix, _, leaf = name.rpartition(".")
-    owner = module.get_submodule(prefix) if prefix else module
-    return leaf in owner._buffers
-
-
-def _resolve_directory(path, **kwargs) -> str:
-    path = os.fspath(path)
-    if os.path.isdir(path):
-        return path
-    if os.path.exists(path):
-        raise ValueError(f"{path!r} is a file; pass the directory written by WIDModel.save_pretrained.")
-    if path.count("/") > 1 or path.startswith((".", "/", "~")):
-        raise FileNotFoundError(f"No WID checkpoint directory at {path!r}.")
-    from huggingface_hub import snapshot_download
-
-    return snapshot_download(repo_id=path, allow_patterns=[CONFIG_NAME, WEIGHTS_NAME], **kwargs)

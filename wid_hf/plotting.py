@@ -35,21 +35,25 @@ def _history(state_or_history) -> list[dict]:
 
 
 def plot_training(state_or_history, path: Union[str, os.PathLike], title: Optional[str] = None) -> str:
-    """Kept widths per group kind (left) and training / eval loss (right) over optimizer steps.
+    """Kept widths per group kind (left; WID runs only) and training / eval loss (right) over optimizer steps.
 
     `state_or_history` is a `TrainerState`, a ``trainer_state.json`` path, or a list of log dicts."""
     history = _history(state_or_history)
     plt = _pyplot()
-    fig, (ax_w, ax_l) = plt.subplots(1, 2, figsize=(11, 4))
-    for kind in GROUP_KINDS:
-        points = [(h["step"], h[f"wid/kept_{kind}"]) for h in history if f"wid/kept_{kind}" in h]
-        if points:
+    widths = {kind: [(h["step"], h[f"wid/kept_{kind}"]) for h in history if f"wid/kept_{kind}" in h]
+              for kind in GROUP_KINDS}
+    widths = {kind: points for kind, points in widths.items() if points}
+    if widths:  # a WID run: widths on the left
+        fig, (ax_w, ax_l) = plt.subplots(1, 2, figsize=(11, 4))
+        for kind, points in widths.items():
             ax_w.step(*zip(*points), where="post", label=kind)
-    hard = [h["step"] for h in history if h.get("wid/hard_masks") == 1.0]
-    if hard:
-        ax_w.axvline(min(hard), color="grey", linestyle=":", label="hard masks")
-    ax_w.set(xlabel="optimizer step", ylabel="kept width", title="Widths")
-    ax_w.legend(loc="best", fontsize="small")
+        hard = [h["step"] for h in history if h.get("wid/hard_masks") == 1.0]
+        if hard:
+            ax_w.axvline(min(hard), color="grey", linestyle=":", label="hard masks")
+        ax_w.set(xlabel="optimizer step", ylabel="kept width", title="Widths")
+        ax_w.legend(loc="best", fontsize="small")
+    else:  # a student trained at a fixed shape (a baseline): the loss only
+        fig, ax_l = plt.subplots(figsize=(6, 4))
     for key, label in (("loss", "train"), ("eval_loss", "eval")):
         points = [(h["step"], h[key]) for h in history if key in h]
         if points:
@@ -58,10 +62,7 @@ def plot_training(state_or_history, path: Union[str, os.PathLike], title: Option
     ax_l.legend(loc="best", fontsize="small")
     if title:
         fig.suptitle(title)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return os.fspath(path)
+    return _save(plt, fig, path)
 
 
 def plot_schedule(
@@ -82,6 +83,10 @@ def plot_schedule(
     ax.axvline(end, color="grey", linestyle=":", label=f"targets reached ({end})")
     ax.set(xlabel="optimizer step", ylabel="kept width", title=f"WID schedule ({config.head_strategy})")
     ax.legend(loc="best", fontsize="small")
+    return _save(plt, fig, path)
+
+
+def _save(plt, fig, path) -> str:
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

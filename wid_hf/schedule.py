@@ -1,7 +1,7 @@
 """The WID pruning schedule as pure functions: optimizer step -> how many indices each mask group has pruned.
 
 Nothing here touches a model, so the schedule can be tested, plotted and reasoned about on its own
-(WID_SPEC.md §5). Group *kinds* are:
+(docs/method.md, "The schedule"). Group *kinds* are:
 
 - ``hidden``    the residual stream (one group for the whole model),
 - ``attention`` the attention dims of one layer (one group per layer, all with the same count),
@@ -39,8 +39,10 @@ def total_pruned(config: WIDConfig, dims: TeacherDims, kind: str) -> int:
     raise ValueError(f"Unknown mask group kind {kind!r}; expected one of {GROUP_KINDS}.")
 
 
-def _per_head_increment(config: WIDConfig, per_head: int) -> int:
-    return max(1, per_head // max(1, config.pruning_intervals // 2))
+def _per_head_cut(config: WIDConfig, dims: TeacherDims, total: int) -> tuple[int, int]:
+    """Under "dim": dims each head loses in all, and per mask interval (at least one, unlike the reference)."""
+    per_head = total // dims.num_attention_heads
+    return per_head, max(1, per_head // max(1, config.pruning_intervals // 2))
 
 
 def pruned_count(config: WIDConfig, dims: TeacherDims, kind: str, step: int) -> int:
@@ -59,11 +61,11 @@ def pruned_count(config: WIDConfig, dims: TeacherDims, kind: str, step: int) -> 
     k = step // config.mask_interval
     if total == 0 or k == 0:
         return 0
-    if kind in ("hidden", "attention"):
+    if kind in ("hidden", "attention") and config.head_strategy == "dim":
         heads = dims.num_attention_heads
-        if config.head_strategy == "dim":
-            per_head = total // heads
-            return heads * min(per_head, k * _per_head_increment(config, per_head))
+        per_head, increment = _per_head_cut(config, dims, total)
+        return heads * min(per_head, k * increment)
+    if kind in ("hidden", "attention"):
         head_size = dims.head_size
         return head_size * min(total // head_size, k // config.head_prune_every)
     return min(total, (k * total) // config.pruning_intervals)
@@ -86,11 +88,10 @@ def intervals_to_finish(config: WIDConfig, dims: TeacherDims, kind: str) -> int:
     total = total_pruned(config, dims, kind)
     if total == 0:
         return 0
+    if kind in ("hidden", "attention") and config.head_strategy == "dim":
+        per_head, increment = _per_head_cut(config, dims, total)
+        return math.ceil(per_head / increment)
     if kind in ("hidden", "attention"):
-        heads = dims.num_attention_heads
-        if config.head_strategy == "dim":
-            per_head = total // heads
-            return math.ceil(per_head / _per_head_increment(config, per_head))
         return (total // dims.head_size) * config.head_prune_every
     return config.pruning_intervals
 

@@ -26,16 +26,18 @@ import torch.nn.functional as F
 from transformers import Trainer, TrainerCallback, TrainingArguments
 from transformers.utils import can_return_loss, find_labels
 
-from .config import CONFIG_NAME, WIDConfig
-from .model import WEIGHTS_NAME, WIDModel, get_wid_model
+from . import checkpoint
+from .config import WIDConfig
+from .model import WIDModel, get_wid_model
 from .resume import ExactResumeMixin
+from .schedule import GROUP_KINDS
 
 logger = logging.getLogger(__name__)
 
 
 @dataclass
 class WIDTrainingArguments(TrainingArguments):
-    """`TrainingArguments` with WID's optimisation defaults (WID_SPEC.md §6) and two learning rates.
+    """`TrainingArguments` with WID's optimisation defaults (docs/method.md, "Optimisation") and two learning rates.
 
     ``learning_rate`` is the rate of the inherited teacher weights, biases and LayerNorms (reference 1e-6);
     ``compactor_learning_rate`` that of the compactors (reference 5e-5). Both follow the same warm-up/decay.
@@ -84,7 +86,7 @@ class WIDTrainer(ExactResumeMixin, Trainer):
     """A `transformers.Trainer` for WID. Same constructor, plus `wid_config`.
 
     Accepts a `WIDModel`, or a plain BERT model together with a `WIDConfig` (compactors are then injected). Builds
-    the two optimizer groups of WID_SPEC.md §6, drives the mask schedule and penalty through `WIDCallback`,
+    the two optimizer groups of docs/method.md ("Optimisation"), drives the mask schedule and penalty through `WIDCallback`,
     computes the masked-LM loss normalised over the whole accumulated batch, saves and resumes the WID state in
     every checkpoint, and logs the kept widths (``wid/kept_*``), pruned fraction, pruned-entry norm and student
     size through ``report_to``.
@@ -204,26 +206,19 @@ class WIDTrainer(ExactResumeMixin, Trainer):
         self._load_wid_state(self.state.best_model_checkpoint)
 
     def _load_wid_state(self, directory: str) -> None:
-        from safetensors.torch import load_file
-
-        weights = os.path.join(directory, WEIGHTS_NAME)
-        if not os.path.isfile(weights) or not os.path.isfile(os.path.join(directory, CONFIG_NAME)):
-            raise ValueError(
-                f"{directory} is not a WIDTrainer checkpoint (no {WEIGHTS_NAME} / {CONFIG_NAME}). Resume from a "
-                "checkpoint-N folder written by WIDTrainer."
-            )
-        saved = WIDConfig.from_pretrained(directory)
+        names = (checkpoint.CONFIG_NAME, checkpoint.WEIGHTS_NAME)
+        if not all(os.path.isfile(os.path.join(directory, name)) for name in names):
+            raise ValueError(f"{directory} is not a WIDTrainer checkpoint (no {' / '.join(names)}). Resume from a "
+                             "checkpoint-N folder written by WIDTrainer.")
+        meta = checkpoint.read_wid_config(directory)
+        saved = WIDConfig.from_dict(meta["wid_config"])
         if saved.resolve(self.wid_model.teacher_dims) != self.wid_model.wid_config:
             raise ValueError(
                 f"The checkpoint at {directory} was trained with a different WIDConfig ({saved}); resume with the "
                 "same configuration, or start a new output_dir."
             )
-        device = next(self.wid_model.parameters()).device
-        try:
-            tensors = load_file(weights, device=str(device))
-        except Exception as err:  # safetensors raises several types for truncated files
-            raise ValueError(f"Could not read {weights} ({err}); the checkpoint is corrupt. Resume from an earlier one.") from err
-        self.wid_model.load_wid_state_dict(tensors, source=weights)
+        tensors = checkpoint.read_wid_tensors(directory, next(self.wid_model.parameters()).device)
+        self.wid_model.load_wid_state_dict(tensors, source=os.path.join(directory, checkpoint.WEIGHTS_NAME))
 
     # ------------------------------------------------------------------ the student
     def train(self, *args, **kwargs):
@@ -249,8 +244,8 @@ def wid_metrics(model: WIDModel) -> dict[str, float]:
     model = _unwrap_wid(model)
     kept = model.kept_sizes()
     metrics: dict[str, float] = {}
-    for kind in ("hidden", "attention", "ffn", "head", "pooler"):
-        sizes = [v for k, v in kept.items() if k.split("_")[0] == kind]
+    for kind in GROUP_KINDS:
+        sizes = [kept[name] for name, group in model.groups.items() if group.kind == kind]
         if sizes:
             metrics[f"wid/kept_{kind}"] = float(min(sizes))
     student = model.student_parameter_count()

@@ -1,0 +1,138 @@
+"""The mask state machine of WID: which indices each group has pruned, and what happens to the pruned entries.
+
+    soft masks ──(every mask_interval steps)──> re-select the lowest-scoring indices (`update_masks`)
+         │          and, every step, push pruned entries towards zero (`apply_penalty`)
+         └──(at `hard_mask_step`)──> prune every group to its target, zero pruned entries exactly, keep them at
+                                     zero (`finalize_masks`); nothing changes afterwards
+
+Each function takes the `WIDModel` (its mask groups, `WIDMasks` buffers and resolved `WIDConfig`). How many indices
+are pruned at a step is the pure schedule in `schedule.py`; how a group is scored and the kept set chosen is
+`mask_groups.py`. A new scoring or decay rule is one function here (see docs/method.md, "The schedule").
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+
+from .mask_groups import MaskGroup, broadcast_mask, select_kept
+from .schedule import pruned_count
+
+
+def select(model, group: MaskGroup, n_pruned: int, scores: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """Kept mask of `group` with its `n_pruned` lowest-scoring indices pruned. `scores` default to the group's own
+    importance under ``mask_scoring``; under ``head_strategy="head"`` hidden/attention groups lose whole heads."""
+    if scores is None:
+        scores = group.scores(model.wid_config.mask_scoring)
+    if group.kind in ("hidden", "attention"):
+        return select_kept(scores, n_pruned, block_size=group.block_size,
+                           whole_blocks=model.wid_config.head_strategy == "head")
+    return select_kept(scores, n_pruned)
+
+
+def target_pruned(model, group: MaskGroup) -> int:
+    """How many indices `group` has pruned once pruning is over (its final target)."""
+    return pruned_count(model.wid_config, model.teacher_dims, group.kind, model.pruning_end_step)
+
+
+@torch.no_grad()
+def prune_to_targets(model, scores: Optional[dict[str, torch.Tensor]] = None) -> None:
+    """Bring every group that is not at its target there, from `scores` (name -> importance) or the groups' own
+    importances. Groups already at their target keep their masks."""
+    for group in model.groups.values():
+        target = target_pruned(model, group)
+        if scores is not None or group.size - model.masks.kept_count(group.name) != target:
+            model.masks.set(group.name, select(model, group, target, None if scores is None else scores[group.name]))
+
+
+@torch.no_grad()
+def update_masks(model, step: int) -> None:
+    """Recompute every group from scratch for optimizer step `step` (1-based): prune the scheduled number of
+    lowest-importance indices. A no-op under hard masks (the masks are final)."""
+    if model.masks.is_hard:
+        return
+    for group in model.groups.values():
+        n = pruned_count(model.wid_config, model.teacher_dims, group.kind, step)
+        model.masks.set(group.name, select(model, group, n))
+
+
+@torch.no_grad()
+def finalize_masks(model, optimizer: Optional[torch.optim.Optimizer] = None) -> None:
+    """Prune every group to its target, switch to hard masks and zero pruned entries (and their optimizer state)."""
+    if not model.masks.is_hard:
+        prune_to_targets(model)
+        model.masks.set_hard(True)
+    zero_pruned(model, optimizer)
+
+
+@torch.no_grad()
+def zero_pruned(model, optimizer: Optional[torch.optim.Optimizer] = None) -> None:
+    """Set every pruned entry, its pending gradient and (given an optimizer) its state to exactly zero."""
+    state = getattr(optimizer, "state", {}) if optimizer is not None else {}
+    for group in model.groups.values():
+        kept = model.masks.get(group.name)
+        for param, how in group.penalised_tensors():
+            keep = broadcast_mask(kept, how).to(param.dtype)
+            param.mul_(keep)
+            if param.grad is not None:
+                param.grad.mul_(keep.to(param.grad.dtype))
+            for value in state.get(param, {}).values():
+                if torch.is_tensor(value) and value.shape == param.shape:
+                    value.mul_(keep.to(value.dtype))
+
+
+@torch.no_grad()
+def apply_penalty(model, step: int, optimizer: Optional[torch.optim.Optimizer] = None) -> None:
+    """WID's sparsity penalty on the gradients of optimizer step `step` (1-based; docs/method.md, "The penalty").
+
+    During the first interval every compactor gets an extra ``warmup_l2 * W``. Afterwards the gradient of each
+    pruned entry is replaced by ``min(lambda, 1) * W`` and, with an Adam-type optimizer, its first moment is
+    pushed by ``0.1 * (lambda - 1) * W``; kept entries keep their task gradient and moments. Nothing under hard
+    masks: pruned entries are exactly zero and receive no gradient.
+    """
+    cfg = model.wid_config
+    if model.masks.is_hard:
+        return
+    if step <= cfg.mask_interval:
+        if cfg.warmup_l2:
+            for param in model.compactor_parameters():
+                if param.grad is not None:
+                    param.grad.add_(param.detach(), alpha=cfg.warmup_l2)
+        return
+    lam = cfg.penalty_lambda
+    state = getattr(optimizer, "state", {}) if optimizer is not None else {}
+    for group in model.groups.values():
+        pruned = ~model.masks.get(group.name)
+        for param, how in group.penalised_tensors():
+            where = broadcast_mask(pruned, how)
+            if param.grad is not None:
+                param.grad.copy_(torch.where(where, min(lam, 1.0) * param.detach(), param.grad))
+            exp_avg = state.get(param, {}).get("exp_avg")
+            if lam > 1 and exp_avg is not None:
+                pushed = 0.9 * exp_avg + (0.1 * (lam - 1)) * param.detach()
+                exp_avg.copy_(torch.where(where, pushed, exp_avg))
+
+
+def wid_step(model, step: int, optimizer: Optional[torch.optim.Optimizer] = None) -> None:
+    """Everything WID does before optimizer step `step`, once its gradients are complete and clipped: re-select
+    the masks at every interval, switch to hard masks at `hard_mask_step`, apply the penalty."""
+    if not model.masks.is_hard:
+        if model.hard_mask_step is not None and step >= model.hard_mask_step:
+            finalize_masks(model, optimizer)
+        elif step % model.wid_config.mask_interval == 0:
+            update_masks(model, step)
+    apply_penalty(model, step, optimizer)
+
+
+@torch.no_grad()
+def pruned_norms(model) -> dict[str, float]:
+    """L2 norm of the pruned compactor entries of every group (goes to zero as the penalty works)."""
+    out = {}
+    for group in model.groups.values():
+        pruned = ~model.masks.get(group.name)
+        total = 0.0
+        for param, how in group.compactor_entries():
+            total += float((param * broadcast_mask(pruned, how)).float().square().sum())
+        out[group.name] = total**0.5
+    return out
