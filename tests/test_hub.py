@@ -154,3 +154,15 @@ def test_compress_push_to_hub(hub, tmp_path):
     assert {"config.json", "model.safetensors", "README.md", "tokenizer.json"} <= set(files)
     card = files["README.md"].decode()
     assert card.startswith("---\n") and "pipeline_tag: fill-mask" in card and "model-index" in card
+
+
+def test_model_card_of_a_baseline_student_says_how_it_was_made():
+    from transformers import BertConfig
+
+    from wid_hf.hub import build_model_card
+
+    report = {"method": "etd-impt", "student": {"objective": "attention_kl"},
+              "training": {"steps": 120, "batch_size": 8, "seq_len": 128, "corpus": "offline-wiki",
+                           "learning_rate": 5e-4}}
+    card = str(build_model_card(BertConfig(hidden_size=192, intermediate_size=768), "me/etd", report=report))
+    assert "`etd-impt` baseline" in card and "`attention_kl` KD objective" in card and "compactors" not in card

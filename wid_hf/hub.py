@@ -69,15 +69,19 @@ def build_model_card(student_config, repo_id: str, report: Optional[dict] = None
     )
     c = student_config
     with_decoder = bert_mlm_parameter_count(c, include_decoder=True)
-    without_decoder = with_decoder - c.vocab_size * c.hidden_size - c.vocab_size
+    without_decoder = bert_mlm_parameter_count(c, include_decoder=False)
+    method = report.get("method", "wid")
     lines = [
         f"# {model_name}",
         "",
-        f"A BERT masked-LM student compressed from **{base_model or source or 'its teacher'}** by Weight-Inherited "
-        "Distillation (WID; Wu et al., Findings of NAACL 2024) with wid_hf "
-        f"{report.get('wid_hf_version', __version__)}. WID wraps every teacher weight matrix in trainable "
-        "compactors, prunes their rows and columns during plain masked-LM training, and folds them into smaller "
-        "matrices: the result is an ordinary `BertForMaskedLM`, no custom code needed.",
+        (f"A BERT masked-LM student compressed from **{base_model or source or 'its teacher'}** by Weight-Inherited "
+         "Distillation (WID; Wu et al., Findings of NAACL 2024) with wid_hf "
+         f"{report.get('wid_hf_version', __version__)}. WID wraps every teacher weight matrix in trainable "
+         "compactors, prunes their rows and columns during plain masked-LM training, and folds them into smaller "
+         "matrices: the result is an ordinary `BertForMaskedLM`, no custom code needed.") if method == "wid" else
+        (f"A BERT masked-LM student made from **{base_model or source or 'its teacher'}** by the `{method}` baseline "
+         f"of wid_hf {report.get('wid_hf_version', __version__)} (objective "
+         f"`{report.get('student', {}).get('objective', 'mlm')}`): an ordinary `BertForMaskedLM`."),
         "",
         "## Size",
         "",
@@ -97,20 +101,22 @@ def build_model_card(student_config, repo_id: str, report: Optional[dict] = None
         lines.append(f"Teacher: {teacher['parameters_tied']:,} parameters (decoder tied); compression ratio "
                      f"{teacher['parameters_tied'] / without_decoder:.2f}x.")
     if training:
-        wid = report.get("wid_config", {})
-        lines += [
-            "",
-            "## Training",
-            "",
-            f"- {training.get('steps')} optimizer steps of {training.get('batch_size')} x {training.get('seq_len')} "
-            f"tokens on {KNOWN_DATASETS.get(training.get('corpus'), training.get('corpus'))}; masked-LM only, "
-            "no teacher forward pass",
-            f"- learning rates: {training.get('learning_rate')} (inherited weights), "
-            f"{training.get('compactor_learning_rate')} (compactors)",
-            f"- WID schedule: head strategy `{wid.get('head_strategy')}`, mask interval {wid.get('mask_interval')}, "
-            f"{wid.get('pruning_intervals')} pruning intervals, penalty lambda {wid.get('penalty_lambda')}, "
-            f"hard masks {wid.get('hard_masks')}",
-        ]
+        objective = report.get("student", {}).get("objective", "mlm")
+        corpus = KNOWN_DATASETS.get(training.get("corpus"), training.get("corpus"))
+        lines += ["", "## Training", "",
+                  f"- {training.get('steps')} optimizer steps of {training.get('batch_size')} x "
+                  f"{training.get('seq_len')} tokens on {corpus}; "
+                  + ("masked-LM only, no teacher forward pass" if objective == "mlm"
+                     else f"masked-LM plus the `{objective}` KD objective against the teacher")]
+        if method == "wid":
+            wid = report.get("wid_config", {})
+            lines += [f"- learning rates: {training.get('learning_rate')} (inherited weights), "
+                      f"{training.get('compactor_learning_rate')} (compactors)",
+                      f"- WID schedule: head strategy `{wid.get('head_strategy')}`, mask interval "
+                      f"{wid.get('mask_interval')}, {wid.get('pruning_intervals')} pruning intervals, penalty lambda "
+                      f"{wid.get('penalty_lambda')}, hard masks {wid.get('hard_masks')}"]
+        else:
+            lines.append(f"- learning rate: {training.get('learning_rate')}")
         if teacher.get("head_warmup"):
             lines.append(f"- {teacher['head_warmup']}")
     if heldout:

@@ -1,10 +1,9 @@
 """Structural re-parameterisation: fold every compactor into its weight and build the narrower, standard model
-(WID_SPEC.md §8). The result is a plain transformers model; nothing of wid_hf is left in it.
+(docs/method.md, "Merge"). The result is a plain transformers model; nothing of wid_hf is left in it.
 """
 
 from __future__ import annotations
 
-import copy
 import math
 
 import torch
@@ -12,19 +11,9 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .layer import EmbeddingCompactor, MaskedLayerNorm, WIDLinear
+from .utils import student_config
 
 EMBEDDING_TABLES = ("word_embeddings", "position_embeddings", "token_type_embeddings")
-
-
-def student_config(teacher_config, hidden: int, intermediate: int, heads: int):
-    """The teacher's config at the student's widths. Embeddings and decoder end up as different matrices
-    (E·Cᵀ versus W_dec·L_dec), so the student never ties them."""
-    config = copy.deepcopy(teacher_config)
-    config.hidden_size = hidden
-    config.intermediate_size = intermediate
-    config.num_attention_heads = heads
-    config.tie_word_embeddings = False
-    return config
 
 
 def merged_state_dict(wid_model, progressbar: bool = True) -> dict[str, torch.Tensor]:
@@ -36,7 +25,7 @@ def merged_state_dict(wid_model, progressbar: bool = True) -> dict[str, torch.Te
     base, masks, cfg = wid_model.base_model, wid_model.masks, wid_model.wid_config
     dims = wid_model.teacher_dims
     # "dim" keeps A heads of h' = T / A dims: the student scales scores by 1/sqrt(h') where training used
-    # 1/sqrt(h), so the query absorbs sqrt(h'/h) (WID_SPEC.md §4; the reference code omits this).
+    # 1/sqrt(h), so the query absorbs sqrt(h'/h) (docs/method.md, "Heads"; the reference code omits this).
     query_scale = (
         math.sqrt((cfg.target_hidden_size / dims.num_attention_heads) / dims.head_size)
         if cfg.head_strategy == "dim"

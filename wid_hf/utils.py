@@ -1,8 +1,34 @@
-"""Small helpers shared by the report, the model card and the benchmarks."""
+"""Small helpers shared by the merge, the baselines, the report, the model card and the benchmarks: the shape of a
+student and parameter counts from the formula."""
 
 from __future__ import annotations
 
+import copy
+from typing import Optional
+
 from torch import nn
+
+
+def student_config(teacher_config, hidden: int, intermediate: int, heads: Optional[int] = None,
+                   layers: Optional[int] = None):
+    """The teacher's config at the student's widths (and, given `layers`, depth). Embeddings and decoder of a
+    student end up as different matrices (E·Cᵀ versus W_dec·L_dec after a merge), so a student never ties them."""
+    config = copy.deepcopy(teacher_config)
+    config.hidden_size = hidden
+    config.intermediate_size = intermediate
+    if heads is not None:
+        config.num_attention_heads = heads
+    if layers is not None:
+        config.num_hidden_layers = layers
+    config.tie_word_embeddings = False
+    return config
+
+
+def layer_parameter_count(hidden: int, attention: int, ffn: int) -> int:
+    """Parameters of one BERT encoder layer: Q/K/V (attention x hidden), attention output, two LayerNorms, FFN."""
+    qkv = 3 * (attention * hidden + attention)
+    out = hidden * attention + hidden
+    return qkv + out + (hidden * ffn + ffn) + (ffn * hidden + hidden) + 2 * 2 * hidden
 
 
 def bert_mlm_parameter_count(config, include_decoder: bool = True) -> int:
@@ -19,7 +45,7 @@ def bert_mlm_parameter_count(config, include_decoder: bool = True) -> int:
     """
     H, F, L, V = config.hidden_size, config.intermediate_size, config.num_hidden_layers, config.vocab_size
     embeddings = (V + config.max_position_embeddings + config.type_vocab_size) * H + 2 * H
-    layer = 4 * (H * H + H) + 2 * H + (H * F + F) + (F * H + H) + 2 * H
+    layer = layer_parameter_count(H, H, F)
     head_transform = H * H + H + 2 * H
     decoder_bias = V
     total = embeddings + L * layer + head_transform + decoder_bias

@@ -11,15 +11,15 @@ The student may be a plain BERT or a `WIDModel` (WID combined with a KD objectiv
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from typing import Optional, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
-from transformers import Trainer, TrainingArguments
+from transformers import Trainer
 
 from ..resume import ExactResumeMixin
+from .etd import uniform_layers
 
 OBJECTIVES = ("mlm", "logit", "hidden", "attention_mse", "attention_kl")
 
@@ -28,12 +28,6 @@ def _bert(model: nn.Module) -> nn.Module:
     base = getattr(model, "base_model", model)
     base = getattr(base, "bert", base)
     return base
-
-
-def _uniform_map(student_layers: int, teacher_layers: int) -> list[int]:
-    """Student layer i learns from teacher layer map[i] (the last student layer from the last teacher layer)."""
-    step = teacher_layers / student_layers
-    return [min(teacher_layers - 1, round((i + 1) * step) - 1) for i in range(student_layers)]
 
 
 class _QKCapture:
@@ -73,30 +67,24 @@ class _QKCapture:
             handle.remove()
 
 
-@dataclass
-class DistillationArguments(TrainingArguments):
-    objective: str = field(default="logit", metadata={"help": f"One of {OBJECTIVES}."})
-    temperature: float = field(default=2.0, metadata={"help": "Softmax temperature of logit KD."})
-    alpha: float = field(default=0.5, metadata={"help": "Weight of the KD term; 1 - alpha weighs the hard MLM loss."})
-    layer_map: Optional[str] = field(default=None, metadata={"help": "Comma-separated teacher layer per student layer "
-                                                                      "(default: uniform, last to last)."})
-    attention_layers: str = field(default="last", metadata={"help": "Attention transfer on 'last' or 'all' layers."})
-
-
 class DistillationTrainer(ExactResumeMixin, Trainer):
     """A Trainer whose loss is ``(1 - alpha) * MLM + alpha * KD`` for the chosen objective (``mlm``: no KD)."""
 
-    def __init__(self, model=None, args=None, *pargs, teacher: nn.Module = None, objective: Optional[str] = None,
-                 temperature: Optional[float] = None, alpha: Optional[float] = None,
-                 layer_map: Optional[Sequence[int]] = None, **kwargs):
+    def __init__(self, model=None, args=None, *pargs, teacher: nn.Module = None, objective: str = "logit",
+                 temperature: float = 2.0, alpha: float = 0.5, layer_map: Optional[Sequence[int]] = None,
+                 attention_layers: str = "last", **kwargs):
+        """`objective`: one of OBJECTIVES; `temperature`: softmax temperature of logit KD; `alpha`: weight of the KD
+        term (1 - alpha weighs the hard masked-LM loss); `layer_map`: teacher layer per student layer (default:
+        uniform, last to last); `attention_layers`: attention transfer on the "last" or "all" mapped layers."""
         super().__init__(model, args, *pargs, **kwargs)
-        self.objective = objective or getattr(self.args, "objective", "logit")
-        if self.objective not in OBJECTIVES:
-            raise ValueError(f"objective must be one of {OBJECTIVES}, got {self.objective!r}")
-        if self.objective != "mlm" and teacher is None:
-            raise ValueError(f"objective {self.objective!r} needs a teacher model.")
-        self.temperature = temperature or getattr(self.args, "temperature", 2.0)
-        self.alpha = alpha if alpha is not None else getattr(self.args, "alpha", 0.5)
+        if objective not in OBJECTIVES:
+            raise ValueError(f"objective must be one of {OBJECTIVES}, got {objective!r}")
+        if objective != "mlm" and teacher is None:
+            raise ValueError(f"objective {objective!r} needs a teacher model.")
+        if attention_layers not in ("last", "all"):
+            raise ValueError(f"attention_layers must be 'last' or 'all', got {attention_layers!r}")
+        self.objective, self.temperature, self.alpha = objective, temperature, alpha
+        self.attention_layers = attention_layers
         self.teacher = teacher
         self.projection = None
         if teacher is not None:
@@ -105,9 +93,7 @@ class DistillationTrainer(ExactResumeMixin, Trainer):
             for p in self.teacher.parameters():
                 p.requires_grad_(False)
             s_cfg, t_cfg = _bert(self.model).config, _bert(self.teacher).config
-            given = layer_map or (getattr(self.args, "layer_map", None) and
-                                  [int(x) for x in self.args.layer_map.split(",")])
-            self.layer_map = list(given) if given else _uniform_map(s_cfg.num_hidden_layers, t_cfg.num_hidden_layers)
+            self.layer_map = list(layer_map) if layer_map else uniform_layers(t_cfg.num_hidden_layers, s_cfg.num_hidden_layers)
             if self.objective.startswith("attention") and s_cfg.num_attention_heads != t_cfg.num_attention_heads:
                 raise ValueError("Attention transfer compares heads one to one: the student needs the teacher's head "
                                  f"count ({t_cfg.num_attention_heads}), it has {s_cfg.num_attention_heads}. Use "
@@ -154,7 +140,7 @@ class DistillationTrainer(ExactResumeMixin, Trainer):
         else:
             mask = inputs.get("attention_mask")
             pairs = list(enumerate(self.layer_map))
-            if getattr(self.args, "attention_layers", "last") == "last":
+            if self.attention_layers == "last":
                 pairs = pairs[-1:]
             kd = 0.0
             for i, j in pairs:

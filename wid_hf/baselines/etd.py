@@ -20,9 +20,9 @@ import torch
 from torch import nn
 
 from ..config import WIDConfig
-from ..mask_groups import select_kept
 from ..model import WIDModel
-from ..schedule import pruned_count
+from ..pruner import prune_to_targets
+from ..utils import layer_parameter_count
 
 IMPORTANCES = ("random", "gradient")
 
@@ -61,6 +61,40 @@ def layer_choice(name: str, total: int, keep: int) -> list[int]:
     if name == "uniform":
         return uniform_layers(total, keep)
     raise ValueError(f"layer choice must be lower, upper or uniform, got {name!r}")
+
+
+def parse_layers(spec):
+    """A layer choice as users write it, checked: None (all layers), '0,2,4' or a list -> [0, 2, 4], or
+    'lower:N' / 'upper:N' / 'uniform:N' (kept as a string: it depends on the teacher's depth)."""
+    if spec is None or isinstance(spec, (list, tuple)):
+        return None if spec is None else [int(i) for i in spec]
+    kind, sep, n = str(spec).partition(":")
+    if sep:
+        if kind in ("lower", "upper", "uniform") and n.isdigit():
+            return str(spec)
+    else:
+        try:
+            return [int(x) for x in str(spec).split(",")]
+        except ValueError:
+            pass
+    raise ValueError(f"layers {spec!r}: use a list such as 0,2,4 or lower:N / upper:N / uniform:N")
+
+
+def resolve_layers(spec, total: int) -> Optional[list[int]]:
+    """The teacher layer indices of a layer choice (see `parse_layers`) for a teacher of `total` layers."""
+    spec = parse_layers(spec)
+    if spec is None or isinstance(spec, list):
+        return spec
+    kind, _, n = spec.partition(":")
+    return layer_choice(kind, total, int(n))
+
+
+def truncation_layers(teacher_config, hidden: int, ffn: int) -> int:
+    """How many full-width teacher layers fit the encoder budget of a student at (hidden, ffn), same depth."""
+    student = layer_parameter_count(hidden, hidden, ffn)
+    teacher = layer_parameter_count(teacher_config.hidden_size, teacher_config.hidden_size,
+                                    teacher_config.intermediate_size)
+    return max(1, round(teacher_config.num_hidden_layers * student / teacher))
 
 
 def gradient_importance(wid: WIDModel, batches: Iterable[dict], max_batches: Optional[int] = None) -> dict[str, torch.Tensor]:
@@ -109,11 +143,6 @@ def extract_student(
     else:
         g = torch.Generator().manual_seed(seed)
         scores = {name: torch.rand(group.size, generator=g) for name, group in wid.groups.items()}
-    whole = wid.wid_config.head_strategy == "head"
-    with torch.no_grad():
-        for name, group in wid.groups.items():
-            n = pruned_count(wid.wid_config, wid.teacher_dims, group.kind, 10**12)  # the final target
-            block = group.block_size if group.kind in ("hidden", "attention") else None
-            wid.masks.set(name, select_kept(scores[name], n, block_size=block, whole_blocks=whole and block is not None))
-        wid.masks.set_hard(True)
+    prune_to_targets(wid, scores)
+    wid.masks.set_hard(True)
     return wid.merge_and_unload(progressbar=progressbar)

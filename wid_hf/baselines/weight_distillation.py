@@ -22,6 +22,8 @@ import torch
 from torch import nn
 from torch.func import functional_call
 
+from ..utils import student_config
+
 _LAYER = re.compile(r"(.*\.layer\.)(\d+)(\..*)")
 
 
@@ -49,10 +51,7 @@ class WeightGenerator(nn.Module):
                  num_hidden_layers: Optional[int] = None, seed: int = 0):
         super().__init__()
         t_cfg = teacher.config
-        config = copy.deepcopy(t_cfg)
-        config.hidden_size, config.intermediate_size = hidden_size, intermediate_size
-        config.num_hidden_layers = num_hidden_layers or t_cfg.num_hidden_layers
-        config.tie_word_embeddings = False
+        config = student_config(t_cfg, hidden_size, intermediate_size, layers=num_hidden_layers)
         if hidden_size % config.num_attention_heads:
             raise ValueError(f"hidden_size {hidden_size} must be divisible by {config.num_attention_heads} heads.")
         self.student = type(teacher)(config)
