@@ -26,7 +26,6 @@ import argparse
 import json
 import os
 import sys
-import time
 
 import torch
 
@@ -38,24 +37,25 @@ METHODS = ["wid", "wid+attention", "etd-impt+mlm", "etd-rand+mlm", "etd-impt+att
            "weight-distill", "random+mlm"]
 
 
-# benchmark name -> (method, objective) of wid_hf.baselines.runner.train_student
+# benchmark name -> (method, objective) of the pipeline (wid_hf.pipeline.Job)
 RUNS = {"wid": ("wid", "mlm"), "wid+attention": ("wid", "attention_kl"), "etd-impt+mlm": ("etd-impt", "mlm"),
         "etd-rand+mlm": ("etd-rand", "mlm"), "etd-impt+attention": ("etd-impt", "attention_kl"),
         "truncation": ("truncation", "mlm"), "weight-distill": ("weight-distill", "mlm"), "random+mlm": ("random", "mlm")}
 
 
-def run_method(name, teacher, tokenizer, train, a, workdir):
-    from wid_hf import WIDConfig
-    from wid_hf.baselines.runner import BaselineBudget, train_student
+def run_method(name, a):
+    """One method through the same pipeline as `wid-hf compress` / `wid-hf baseline` (resumes; a finished run
+    returns its report). WID gets the budget schedule of `wid_hf.pipeline.budget_schedule`."""
+    from wid_hf.pipeline import Job, run
 
     method, objective = RUNS[name]
-    # a schedule scaled to the budget: targets reached at 40% of the steps, hard masks at 45%
-    wid_config = WIDConfig(target_hidden_size=a.hidden, target_intermediate_size=a.ffn,
-                           mask_interval=max(1, a.steps // 20), pruning_intervals=8)
-    budget = BaselineBudget(steps=a.steps, batch_size=a.batch, seed=a.seed, learning_rate=a.lr_student,
-                            wid_learning_rate=a.lr, compactor_learning_rate=a.compactor_lr)
-    return train_student(method, teacher, tokenizer, train, wid_config, budget, os.path.join(workdir, name),
-                         objective=objective)
+    job = Job.create(output_dir=os.path.join(a.workdir, name.replace("+", "_")), method=method, objective=objective,
+                     teacher=a.teacher, corpus="offline-wiki", eval_corpus="offline-bbc", max_seq_length=a.seq_len,
+                     eval_sequences=a.eval_sequences, cache_dir=os.path.join(a.workdir, "cache"), max_steps=a.steps,
+                     per_device_train_batch_size=a.batch, seed=a.seed, target_hidden_size=a.hidden,
+                     target_intermediate_size=a.ffn, learning_rate=a.lr if method == "wid" else a.lr_student,
+                     compactor_learning_rate=a.compactor_lr, save_steps=a.save_steps, disable_tqdm=True)
+    return run(job)
 
 
 def main():
@@ -71,6 +71,7 @@ def main():
     p.add_argument("--compactor-lr", type=float, default=2e-3, help="WID compactors; WD generator")
     p.add_argument("--lr-student", type=float, default=5e-4, help="every plain student (ETD, truncation, random, WD)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--save-steps", type=int, default=50, help="checkpoint interval (each run resumes)")
     p.add_argument("--finetune-seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--finetune-max-train", type=int, default=800)
     p.add_argument("--eval-sequences", type=int, default=256)
@@ -80,21 +81,9 @@ def main():
     p.add_argument("--out", default=os.path.join(HERE, "results"))
     a = p.parse_args()
 
-    from wid_hf.data import heldout_sequences, prepare_corpus
-    from wid_hf.evaluation import evaluate_mlm
     from wid_hf.finetune import finetune_eval
-    from wid_hf.teacher import load_teacher
-    from wid_hf.utils import count_parameters
 
-    loaded = load_teacher(a.teacher)
-    if not loaded.has_mlm_head:
-        sys.exit(f"{a.teacher} has no MLM head: build one with `wid-hf prepare-teacher` first.")
-    teacher, tokenizer = loaded.model, loaded.tokenizer
-    cache = os.path.join(a.workdir, "cache")
-    train = prepare_corpus("offline-wiki", tokenizer, a.seq_len, cache).shuffle(seed=a.seed)
-    heldout = heldout_sequences("offline-bbc", tokenizer, a.seq_len, a.eval_sequences, cache)
     results = {"setup": {k: v for k, v in vars(a).items() if k not in ("out",)}, "torch": torch.__version__,
-               "vocab_size": teacher.config.vocab_size,
                "device": "cuda" if torch.cuda.is_available() else f"cpu ({torch.get_num_threads()} threads)",
                "methods": {}}
     os.makedirs(a.out, exist_ok=True)
@@ -107,20 +96,23 @@ def main():
                                          max_train=a.finetune_max_train, seq_len=a.seq_len)
         return scores
 
-    entries = [("teacher", None)] + [(m, m) for m in a.methods]
-    for name, method in entries:
-        started = time.time()
-        model = teacher if method is None else run_method(method, teacher, tokenizer, train, a, a.workdir)
-        train_s = time.time() - started
-        model_dir = os.path.join(a.workdir, name.replace("+", "_"), "model")
-        model.save_pretrained(model_dir)
-        tokenizer.save_pretrained(model_dir)
-        entry = {"train_seconds": train_s, "parameters": count_parameters(model),
-                 "config": {k: model.config.to_dict()[k] for k in ("hidden_size", "intermediate_size",
-                                                                   "num_hidden_layers", "num_attention_heads")},
-                 "heldout": evaluate_mlm(model, heldout, progressbar=False), "finetune": finetune(model_dir)}
-        results["methods"][name] = entry
-        print(name, json.dumps({k: entry[k] for k in ("train_seconds", "parameters", "heldout")}), flush=True)
+    def entry(side, report, train_seconds):
+        sizes = report[side]
+        return {"train_seconds": train_seconds,
+                "parameters": sizes["parameters" if side == "student" else "parameters_tied"],
+                "config": {k: sizes[k] for k in ("hidden_size", "intermediate_size", "num_hidden_layers",
+                                                 "num_attention_heads")},
+                "heldout": report["heldout"][side], "finetune": finetune(sizes["path"] if side == "student"
+                                                                         else a.teacher)}
+
+    for name in a.methods:
+        report = run_method(name, a)
+        results["vocab_size"] = report["teacher"].get("vocab_size", 30522)
+        if "teacher" not in results["methods"]:
+            results["methods"]["teacher"] = entry("teacher", report, 0.0)
+        results["methods"][name] = entry("student", report, report["training"]["seconds"])
+        shown = results["methods"][name]
+        print(name, json.dumps({k: shown[k] for k in ("train_seconds", "parameters", "heldout")}), flush=True)
         with open(os.path.join(a.out, "quality.json"), "w") as f:
             json.dump(results, f, indent=2)
     write_table_and_chart(results, a.out)

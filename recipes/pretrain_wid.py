@@ -1,5 +1,5 @@
 """The paper's students (WID55, WID11 with "dim" or "head") from bert-base-uncased on English Wikipedia + BookCorpus,
-with the reference hyper-parameters (WID_SPEC.md §6): AdamW (0.9, 0.999), eps 1e-6, weight decay 0.01,
+with the reference hyper-parameters (docs/method.md, "Optimisation"): AdamW (0.9, 0.999), eps 1e-6, weight decay 0.01,
 lr 1e-6 for inherited weights and 5e-5 for compactors, 1% warm-up then linear decay, global batch 960 of 128 tokens,
 400,000 steps, fp32, mask interval 500.
 
@@ -11,6 +11,10 @@ Multi-GPU (8 x 120 = 960 sequences per step)::
 On fewer devices the script raises gradient accumulation to keep the global batch at 960. Re-running the same command
 resumes from the last checkpoint. ``--smoke TEACHER_DIR CORPUS_FILE`` swaps only the inputs (a tiny local teacher and a
 text file) and the step count, so CI exercises this exact code path.
+
+This recipe drives `WIDTrainer` directly, the drop-in Trainer use that runs one process per GPU under accelerate or
+torchrun. The single-process job (teacher warm-up, held-out evaluation, report) is `wid-hf compress --preset wid55`,
+which runs `wid_hf.pipeline`; both take their settings from the same presets and `WIDTrainingArguments` defaults.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from transformers import AutoTokenizer, BertForMaskedLM, DataCollatorForLanguage
 
 from wid_hf import WIDConfig, WIDTrainer, WIDTrainingArguments
 from wid_hf.data import prepare_corpus
+from wid_hf.pipeline import JOB_PRESETS
 from wid_hf.resume import last_complete_checkpoint
 
 REFERENCE_CORPORA = ["wikimedia/wikipedia:20231101.en", "bookcorpus/bookcorpus"]
@@ -33,7 +38,7 @@ def main(argv=None):
     p.add_argument("--teacher", default="bert-base-uncased")
     p.add_argument("--corpus", nargs="+", default=REFERENCE_CORPORA)
     p.add_argument("--output-dir", required=True)
-    p.add_argument("--steps", type=int, default=400_000)
+    p.add_argument("--steps", type=int, default=JOB_PRESETS["wid55"]["max_steps"])
     p.add_argument("--global-batch", type=int, default=960)
     p.add_argument("--per-device-batch", type=int, default=120)
     p.add_argument("--seq-len", type=int, default=128)
@@ -69,14 +74,8 @@ def main(argv=None):
         max_steps=a.steps,
         per_device_train_batch_size=a.per_device_batch,
         gradient_accumulation_steps=accumulation,
-        learning_rate=1e-6,
-        compactor_learning_rate=5e-5,
-        weight_decay=0.01,
-        adam_beta1=0.9,
-        adam_beta2=0.999,
-        adam_epsilon=1e-6,
-        warmup_steps=0.01,
-        lr_scheduler_type="linear",
+        # learning rates (1e-6 inherited, 5e-5 compactors), AdamW (0.9, 0.999, eps 1e-6, wd 0.01), 1% warm-up and
+        # linear decay are WIDTrainingArguments' defaults: the reference optimisation
         save_strategy="steps",
         save_steps=a.save_steps,
         save_total_limit=3,

