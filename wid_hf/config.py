@@ -21,7 +21,8 @@ logger = logging.getLogger(__name__)
 
 __all__ = ["WIDConfig", "TeacherDims", "PRESETS", "CONFIG_NAME"]
 HEAD_STRATEGIES = ("dim", "head")
-MASK_SCORINGS = ("reference", "aggregate")
+MASK_SCORINGS = ("reference", "aggregate", "taylor")
+DECAYS = ("reference", "linear")
 
 
 @dataclass(frozen=True)
@@ -118,12 +119,14 @@ class WIDConfig:
         default=1.0,
         metadata={"help": "Coefficient of the extra L2 gradient every compactor gets during the first interval."},
     )
-    mask_scoring: Literal["reference", "aggregate"] = field(
+    mask_scoring: Literal["reference", "aggregate", "taylor"] = field(
         default="reference",
         metadata={
             "help": "'reference': score each group on one compactor as the paper's code does (hidden: layer 0 value "
             "input compactor; attention/FFN: the layer's consuming input compactor; head: decoder input compactor). "
-            "'aggregate': root of the summed squared norms of every compactor in the group."
+            "'aggregate': root of the summed squared norms of every compactor in the group. 'taylor': a moving "
+            "average of |sum of G*W| over every compactor entry of the index, the first-order change of the loss "
+            "if the index is removed."
         },
     )
     hard_masks: bool = field(
@@ -133,12 +136,39 @@ class WIDConfig:
             "trained is the student and merge_and_unload is exact."
         },
     )
+    decay: Literal["reference", "linear"] = field(
+        default="reference",
+        metadata={
+            "help": "How pruned entries go to zero. 'reference': the penalty through the gradient and Adam's "
+            "momentum (penalty_lambda). 'linear': pruned entries (and their LayerNorm and bias entries) shrink "
+            "linearly from their value when pruned to exactly zero at the hard-mask step; their gradients and "
+            "optimizer state are cleared. Needs hard_masks."
+        },
+    )
+    monotone_masks: bool = field(
+        default=False,
+        metadata={
+            "help": "Pruned indices stay pruned: each mask update prunes from the kept set only (the reference "
+            "re-selects from scratch, so an index can come back)."
+        },
+    )
+    pruning_start: int = field(
+        default=0,
+        metadata={"help": "Optimizer steps before the schedule's clock starts (the first selection comes one "
+                          "mask_interval later). Reference: 0."},
+    )
 
     def __post_init__(self):
         if self.head_strategy not in HEAD_STRATEGIES:
             raise ValueError(f"head_strategy must be one of {HEAD_STRATEGIES}, got {self.head_strategy!r}.")
         if self.mask_scoring not in MASK_SCORINGS:
             raise ValueError(f"mask_scoring must be one of {MASK_SCORINGS}, got {self.mask_scoring!r}.")
+        if self.decay not in DECAYS:
+            raise ValueError(f"decay must be one of {DECAYS}, got {self.decay!r}.")
+        if self.decay == "linear" and not self.hard_masks:
+            raise ValueError("decay='linear' reaches zero at the hard-mask step: it needs hard_masks=True.")
+        if not isinstance(self.pruning_start, int) or self.pruning_start < 0:
+            raise ValueError(f"pruning_start must be an integer >= 0, got {self.pruning_start!r}.")
         for name in ("target_hidden_size", "target_intermediate_size"):
             value = getattr(self, name)
             if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value <= 0):
@@ -166,6 +196,30 @@ class WIDConfig:
         if key not in PRESETS:
             raise ValueError(f"Unknown preset {name!r}; choose one of {sorted(PRESETS)}.")
         return cls(**{**PRESETS[key], **overrides})
+
+    @classmethod
+    def for_budget(cls, max_steps: int, **overrides) -> "WIDConfig":
+        """Budget mode: WID for a run of `max_steps` optimizer steps (hundreds to tens of thousands), not the paper's
+        400k. The schedule scales with the run: the first selection after ~10% of the steps (5% of clock start,
+        then one 5% interval), targets after 8 more intervals (~50%), hard masks one interval later (~55%), so the
+        student trains at its final shape for the rest. Indices are scored by first-order (Taylor) importance,
+        pruned entries decay linearly to exactly zero, pruned stays pruned, and no warm-up L2 shrinks the teacher.
+        `overrides` are any WIDConfig fields (targets are required, as for WIDConfig). docs/method.md, "Budget mode",
+        says why each differs from the reference.
+
+            >>> c = WIDConfig.for_budget(1500, target_ratio=0.5)
+            >>> c.pruning_start, c.mask_interval, c.pruning_intervals, c.mask_scoring, c.decay
+            (150, 75, 8, 'taylor', 'linear')
+        """
+        if max_steps < 4:
+            raise ValueError(f"budget mode needs at least 4 steps, got {max_steps}.")
+        start = max_steps // 10
+        interval = max(1, max_steps // 20)
+        room = (max_steps - start) // interval - 1  # intervals that fit before the hard-mask interval
+        settings = dict(pruning_start=start, mask_interval=interval, pruning_intervals=max(1, min(8, room)),
+                        head_prune_every=1, mask_scoring="taylor", decay="linear", monotone_masks=True,
+                        warmup_l2=0.0)
+        return cls(**{**settings, **overrides})
 
     def resolve(self, model_config) -> "WIDConfig":
         """Return a copy with concrete target sizes for this teacher, or raise `ValueError` naming the broken rule

@@ -16,19 +16,26 @@ from torch import nn
 
 
 class WIDMasks(nn.Module):
-    """The kept/pruned state of every mask group: one bool buffer per group (True = kept), plus the hard flag.
+    """The kept/pruned state of every mask group: one bool buffer per group (True = kept), plus the hard flag,
+    and (Taylor scoring) one float buffer of accumulated importance per group.
 
     Python-side caches (kept indices, whether a group is complete, the hard flag) avoid a host-device sync per
     forward; they are dropped whenever a mask changes or a state dict is loaded.
     """
 
-    def __init__(self, group_sizes: dict[str, int], device=None):
+    def __init__(self, group_sizes: dict[str, int], device=None, scores: bool = False):
         super().__init__()
         for name, size in group_sizes.items():
             self.register_buffer(name, torch.ones(size, dtype=torch.bool, device=device))
+            if scores:  # importance accumulated over steps (Taylor scoring): part of the state, for exact resume
+                self.register_buffer(f"score_{name}", torch.zeros(size, dtype=torch.float32, device=device))
         self.register_buffer("hard", torch.zeros((), dtype=torch.bool, device=device))
         self.group_names = tuple(group_sizes)
         self._cache: dict = {}
+
+    def score(self, group: str) -> torch.Tensor:
+        """The accumulated importance of a group's indices (only with Taylor scoring)."""
+        return getattr(self, f"score_{group}")
 
     def get(self, group: str) -> torch.Tensor:
         return getattr(self, group)

@@ -117,7 +117,8 @@ class WIDModel(nn.Module):
         if getattr(model.get_submodule(prefix.rstrip(".")) if prefix else model, "pooler", None) is not None:
             groups.append(("pooler", "pooler", dims.hidden_size))
         sizes = {name: size for name, _, size in groups}
-        self.masks = WIDMasks(sizes, device=next(model.parameters()).device)
+        self.masks = WIDMasks(sizes, device=next(model.parameters()).device,
+                              scores=self.wid_config.mask_scoring == "taylor")
         for name, kind, size in groups:
             block = dims.head_size if kind in ("hidden", "attention") else None
             self.groups[name] = MaskGroup(name=name, kind=kind, size=size, block_size=block)

@@ -1,7 +1,8 @@
 """The mask state machine of WID: which indices each group has pruned, and what happens to the pruned entries.
 
-    soft masks ──(every mask_interval steps)──> re-select the lowest-scoring indices (`update_masks`)
-         │          and, every step, push pruned entries towards zero (`apply_penalty`)
+    soft masks ──(every mask_interval steps)──> re-select the lowest-scoring indices (`update_masks`; with
+         │          monotone masks, from the kept set only) and, every step, drive pruned entries towards zero
+         │          (`apply_penalty`, the reference; or `apply_decay`, linear to exactly zero)
          └──(at `hard_mask_step`)──> prune every group to its target, zero pruned entries exactly, keep them at
                                      zero (`finalize_masks`); nothing changes afterwards
 
@@ -17,18 +18,47 @@ from typing import Optional
 import torch
 
 from .mask_groups import MaskGroup, broadcast_mask, select_kept
-from .schedule import pruned_count
+from .schedule import is_update_step, pruned_count
+
+TAYLOR_MOMENTUM = 0.9  # moving average of the per-step first-order scores
 
 
 def select(model, group: MaskGroup, n_pruned: int, scores: Optional[torch.Tensor] = None) -> torch.Tensor:
     """Kept mask of `group` with its `n_pruned` lowest-scoring indices pruned. `scores` default to the group's own
     importance under ``mask_scoring``; under ``head_strategy="head"`` hidden/attention groups lose whole heads."""
     if scores is None:
-        scores = group.scores(model.wid_config.mask_scoring)
+        scores = importance(model, group)
+    if model.wid_config.monotone_masks:  # pruned stays pruned: already-pruned indices rank lowest
+        scores = scores.float().masked_fill(~model.masks.get(group.name), float("-inf"))
     if group.kind in ("hidden", "attention"):
         return select_kept(scores, n_pruned, block_size=group.block_size,
                            whole_blocks=model.wid_config.head_strategy == "head")
     return select_kept(scores, n_pruned)
+
+
+def importance(model, group: MaskGroup) -> torch.Tensor:
+    """A group's importance per index under ``mask_scoring``: compactor norms ("reference", "aggregate"), or the
+    moving average of first-order scores accumulated by `accumulate_taylor` ("taylor")."""
+    if model.wid_config.mask_scoring == "taylor":
+        return model.masks.score(group.name).clone()
+    return group.scores(model.wid_config.mask_scoring)
+
+
+@torch.no_grad()
+def accumulate_taylor(model) -> None:
+    """Fold this step's first-order scores into the moving average: for index j of a group, ``|sum of G * W|`` over
+    every compactor entry of j (row j of output compactors, column j of input compactors), which is the first-order
+    change of the loss if those entries were zeroed. Call it with the step's complete gradients, before any
+    penalty touches them (under DDP they are all-reduced, so every rank gets the same scores)."""
+    for group in model.groups.values():
+        step_score = None
+        for param, how in group.compactor_entries():
+            if param.grad is None:
+                continue
+            gw = (param.grad.float() * param.float()).sum(dim=1 if how == "rows" else 0)
+            step_score = gw if step_score is None else step_score + gw
+        if step_score is not None:
+            model.masks.score(group.name).mul_(TAYLOR_MOMENTUM).add_(step_score.abs(), alpha=1 - TAYLOR_MOMENTUM)
 
 
 def target_pruned(model, group: MaskGroup) -> int:
@@ -92,13 +122,7 @@ def apply_penalty(model, step: int, optimizer: Optional[torch.optim.Optimizer] =
     masks: pruned entries are exactly zero and receive no gradient.
     """
     cfg = model.wid_config
-    if model.masks.is_hard:
-        return
-    if step <= cfg.mask_interval:
-        if cfg.warmup_l2:
-            for param in model.compactor_parameters():
-                if param.grad is not None:
-                    param.grad.add_(param.detach(), alpha=cfg.warmup_l2)
+    if model.masks.is_hard or _warmup_l2(model, step):
         return
     lam = cfg.penalty_lambda
     state = getattr(optimizer, "state", {}) if optimizer is not None else {}
@@ -114,15 +138,60 @@ def apply_penalty(model, step: int, optimizer: Optional[torch.optim.Optimizer] =
                 exp_avg.copy_(torch.where(where, pushed, exp_avg))
 
 
+@torch.no_grad()
+def apply_decay(model, step: int, optimizer: Optional[torch.optim.Optimizer] = None) -> None:
+    """``decay="linear"``: before optimizer step `step`, scale every pruned entry (compactor rows/columns and the
+    group's LayerNorm and bias entries) by ``(T - step) / (T - step + 1)``, T the hard-mask step, and clear its
+    gradient and optimizer state. Over the steps since an index was pruned these factors multiply to a linear
+    ramp from its value then to exactly zero at T, whatever the learning rate, clipping or Adam state."""
+    if model.masks.is_hard or _warmup_l2(model, step):
+        return
+    hard = model.hard_mask_step
+    factor = max(0, hard - step) / max(1, hard - step + 1)
+    state = getattr(optimizer, "state", {}) if optimizer is not None else {}
+    for group in model.groups.values():
+        pruned = ~model.masks.get(group.name)
+        if not bool(pruned.any()):
+            continue
+        for param, how in group.penalised_tensors():
+            where = broadcast_mask(pruned, how)
+            param.copy_(torch.where(where, param * factor, param))
+            if param.grad is not None:
+                param.grad.masked_fill_(where, 0.0)
+            for value in state.get(param, {}).values():
+                if torch.is_tensor(value) and value.shape == param.shape:
+                    value.masked_fill_(where, 0.0)
+
+
+def _warmup_l2(model, step: int) -> bool:
+    """During the first interval of the schedule, the extra L2 gradient on every compactor; True while in it."""
+    cfg = model.wid_config
+    if step > cfg.pruning_start + cfg.mask_interval:
+        return False
+    if cfg.warmup_l2:
+        for param in model.compactor_parameters():
+            if param.grad is not None:
+                param.grad.add_(param.detach(), alpha=cfg.warmup_l2)
+    return True
+
+
 def wid_step(model, step: int, optimizer: Optional[torch.optim.Optimizer] = None) -> None:
     """Everything WID does before optimizer step `step`, once its gradients are complete and clipped: re-select
     the masks at every interval, switch to hard masks at `hard_mask_step`, apply the penalty."""
+    cfg = model.wid_config
     if not model.masks.is_hard:
+        if cfg.mask_scoring == "taylor":
+            accumulate_taylor(model)
         if model.hard_mask_step is not None and step >= model.hard_mask_step:
+            # what the decay left just before zeroing: large values mean hard masking is a cliff (logged once)
+            model.pruned_norm_before_hard_masks = sum(v**2 for v in pruned_norms(model).values()) ** 0.5
             finalize_masks(model, optimizer)
-        elif step % model.wid_config.mask_interval == 0:
+        elif is_update_step(cfg, step):
             update_masks(model, step)
-    apply_penalty(model, step, optimizer)
+    if cfg.decay == "linear":
+        apply_decay(model, step, optimizer)
+    else:
+        apply_penalty(model, step, optimizer)
 
 
 @torch.no_grad()

@@ -9,7 +9,8 @@ Nothing here touches a model, so the schedule can be tested, plotted and reasone
 - ``head``      the MLM head's internal dims,
 - ``pooler``    the pooler's output dims (only in models that have a pooler).
 
-Rules (reference values; ``k = step // mask_interval`` is the number of completed intervals):
+Rules (reference values; ``k = (step - pruning_start) // mask_interval`` is the number of completed intervals,
+``pruning_start`` is 0 in the reference):
 
 - ``ffn``, ``head`` and ``pooler`` grow linearly: ``floor(k * total / pruning_intervals)``, capped at the total.
 - ``hidden`` and ``attention`` under ``"dim"`` remove the same number of dims from every head, in increments of
@@ -58,7 +59,7 @@ def pruned_count(config: WIDConfig, dims: TeacherDims, kind: str, step: int) -> 
     if step < 0:
         raise ValueError(f"step must be >= 0, got {step}.")
     total = total_pruned(config, dims, kind)
-    k = step // config.mask_interval
+    k = completed_intervals(config, step)
     if total == 0 or k == 0:
         return 0
     if kind in ("hidden", "attention") and config.head_strategy == "dim":
@@ -98,4 +99,14 @@ def intervals_to_finish(config: WIDConfig, dims: TeacherDims, kind: str) -> int:
 
 def pruning_end_step(config: WIDConfig, dims: TeacherDims, kinds=GROUP_KINDS) -> int:
     """First optimizer step at which every group of the given kinds has reached its target width."""
-    return config.mask_interval * max(intervals_to_finish(config, dims, kind) for kind in kinds)
+    return config.pruning_start + config.mask_interval * max(intervals_to_finish(config, dims, kind) for kind in kinds)
+
+
+def completed_intervals(config: WIDConfig, step: int) -> int:
+    """Mask intervals completed after optimizer step `step` (the clock starts at ``pruning_start``)."""
+    return max(0, step - config.pruning_start) // config.mask_interval
+
+
+def is_update_step(config: WIDConfig, step: int) -> bool:
+    """Whether the masks are re-selected before optimizer step `step`."""
+    return step > config.pruning_start and (step - config.pruning_start) % config.mask_interval == 0

@@ -178,6 +178,10 @@ class WIDTrainer(ExactResumeMixin, Trainer):
     def log(self, logs: dict[str, float], *args, **kwargs) -> None:
         if "loss" in logs:  # training logs only, not eval
             logs.update(wid_metrics(self.wid_model))
+            before_hard = getattr(self.wid_model, "pruned_norm_before_hard_masks", None)
+            if before_hard is not None:
+                logs["wid/pruned_norm_before_hard_masks"] = float(before_hard)
+                self.wid_model.pruned_norm_before_hard_masks = None
         super().log(logs, *args, **kwargs)
 
     # ------------------------------------------------------------------ checkpoints

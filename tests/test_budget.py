@@ -1,0 +1,155 @@
+"""Budget mode (WIDConfig.for_budget): Taylor scores, a linear decay that reaches exactly zero, monotone masks, and
+a short run that reaches its targets, merges exactly and resumes exactly."""
+
+import os
+
+import pytest
+import torch
+from conftest import mlm_dataset, random_batch, tiny_teacher
+from transformers import default_data_collator
+
+from wid_hf import WIDConfig, WIDTrainer, WIDTrainingArguments, get_wid_model
+from wid_hf import pruner
+from wid_hf.mask_groups import broadcast_mask
+from wid_hf.schedule import pruned_count
+
+
+def batch_with_labels(seed=1):
+    batch = random_batch(seed=seed)
+    labels = batch["input_ids"].clone()
+    labels[:, ::2] = -100
+    return {**batch, "labels": labels}
+
+
+def loss_of(model, batch):
+    with torch.no_grad():
+        return float(model(**batch).loss)
+
+
+def test_taylor_score_is_the_first_order_change_of_the_loss_when_an_index_goes():
+    torch.manual_seed(0)
+    # float64, so that a finite difference resolves the derivative
+    model = get_wid_model(tiny_teacher().double(), WIDConfig(target_ratio=0.5, mask_scoring="taylor")).eval()
+    batch = batch_with_labels()
+    model.zero_grad()
+    model(**batch).loss.backward()
+    pruner.accumulate_taylor(model)
+    base = loss_of(model, batch)
+    for name in ("hidden", "ffn_0", "attention_1"):
+        group = model.groups[name]
+        scores = model.masks.score(name) / (1 - pruner.TAYLOR_MOMENTUM)  # one step of the moving average
+        exact, full, predicted = [], [], []
+        for j in range(0, group.size, max(1, group.size // 8)):
+            saved = [(p, p.detach().clone()) for p, _ in group.compactor_entries()]
+
+            def scale_index(factor):
+                with torch.no_grad():
+                    for (p, how), (_, original) in zip(group.compactor_entries(), saved):
+                        where = broadcast_mask(torch.arange(group.size) == j, how)
+                        p.copy_(torch.where(where, original * factor, original))
+
+            eps = 1e-4
+            scale_index(1 + eps)  # scale index j's compactor entries a little either way: the derivative
+            up = loss_of(model, batch)
+            scale_index(1 - eps)
+            exact.append((up - loss_of(model, batch)) / (2 * eps))
+            scale_index(0.0)  # remove index j
+            full.append(abs(loss_of(model, batch) - base))
+            scale_index(1.0)
+            predicted.append(float(scores[j]))
+        # d(loss)/d(scale) at scale 1 is sum(G * W): the score is its absolute value
+        assert torch.allclose(torch.tensor(exact).abs(), torch.tensor(predicted), rtol=1e-4, atol=1e-9), name
+        # and removing the index changes the loss by about the score (first order; loose for whole dims)
+        ratio = torch.tensor(full) / torch.tensor(predicted).clamp(min=1e-9)
+        assert float(ratio.median()) > 0.3 and float(ratio.median()) < 3.0, (name, ratio)
+
+
+def test_linear_decay_is_exactly_zero_at_the_hard_mask_step_and_clears_optimizer_state():
+    config = WIDConfig(target_ratio=0.5, mask_interval=2, pruning_intervals=2, decay="linear", warmup_l2=0.0)
+    model = get_wid_model(tiny_teacher(), config)
+    hard = model.hard_mask_step
+    model.update_masks(2)
+    group = model.groups["ffn_0"]
+    pruned = ~model.masks.get("ffn_0")
+    param, how = next(iter(group.compactor_entries()))
+    where = broadcast_mask(pruned, how).expand_as(param)
+    start = param.detach().clone()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    model(**batch_with_labels()).loss.backward()
+    optimizer.step()  # creates Adam state
+    with torch.no_grad():
+        param.copy_(start)
+    for step in range(3, hard):
+        pruner.apply_decay(model, step, optimizer)
+        expected = start * (hard - step) / (hard - 2)  # linear from the value at the first decay step
+        assert torch.allclose(param[where], expected[where], atol=1e-6), step
+        assert torch.equal(param[~where], start[~where])  # kept entries untouched
+        for value in optimizer.state[param].values():
+            if torch.is_tensor(value) and value.shape == param.shape:
+                assert float(value[where].abs().max()) == 0.0
+    pruner.apply_decay(model, hard, optimizer)
+    assert float(param[where].abs().max()) == 0.0  # exactly zero, before finalize_masks does anything
+
+
+def test_monotone_masks_never_unprune():
+    def pruned_sets(monotone):
+        config = WIDConfig(target_ratio=0.5, mask_interval=1, pruning_intervals=6, mask_scoring="taylor",
+                           monotone_masks=monotone)
+        model = get_wid_model(tiny_teacher(), config)
+        g = torch.Generator().manual_seed(0)
+        sets = []
+        for step in range(1, 7):
+            for name in model.groups:  # fresh, unrelated importances at every update
+                model.masks.score(name).copy_(torch.rand(model.groups[name].size, generator=g))
+            model.update_masks(step)
+            sets.append({name: set((~model.masks.get(name)).nonzero().flatten().tolist()) for name in model.groups})
+        return sets
+
+    def nested(sets):
+        return all(before[n] <= after[n] for before, after in zip(sets, sets[1:]) for n in before)
+
+    assert nested(pruned_sets(monotone=True))
+    assert not nested(pruned_sets(monotone=False))  # the reference re-selects from scratch: the test can fail
+
+
+def budget_trainer(out, steps=40, head_strategy="dim", **kw):
+    args = WIDTrainingArguments(output_dir=str(out), per_device_train_batch_size=8, max_steps=steps, learning_rate=1e-3,
+                                compactor_learning_rate=1e-3, logging_steps=1, report_to=[], seed=0, data_seed=0,
+                                use_cpu=True, disable_tqdm=True, dataloader_num_workers=0, **kw)
+    config = WIDConfig.for_budget(steps, target_hidden_size=24, target_intermediate_size=40, head_strategy=head_strategy)
+    return WIDTrainer(model=tiny_teacher(), wid_config=config, args=args, train_dataset=mlm_dataset(),
+                      data_collator=default_data_collator)
+
+
+@pytest.mark.parametrize("strategy", ["dim", "head"])
+def test_budget_mode_reaches_its_targets_early_and_merges_exactly(tmp_path, strategy):
+    config = WIDConfig.for_budget(40, target_ratio=0.5)
+    assert (config.pruning_start, config.mask_interval, config.pruning_intervals) == (4, 2, 8)
+    trainer = budget_trainer(tmp_path, head_strategy=strategy)
+    model = trainer.wid_model
+    assert model.hard_mask_step <= 0.6 * 40  # the student trains at its final shape for the rest
+    trainer.train()
+    assert model.hard_masks_active
+    kept = model.kept_sizes()
+    assert kept["hidden"] == 24 and kept["ffn_0"] == 40 and kept["attention_1"] == 24
+    student = model.merge_and_unload(progressbar=False, probe_inputs=random_batch())
+    assert model.last_merge_deviation <= 1e-4
+    assert student.config.hidden_size == 24
+    assert student.config.num_attention_heads == (4 if strategy == "dim" else 2)
+    # pruning happened where the schedule says, not before pruning_start
+    dims = model.teacher_dims
+    assert pruned_count(config, dims, "ffn", config.pruning_start + config.mask_interval - 1) == 0
+
+
+def test_resume_mid_pruning_with_taylor_scores_is_exact(tmp_path):
+    full = budget_trainer(tmp_path / "a", save_strategy="steps", save_steps=8)
+    full.train()
+    expected = {k: v.detach().clone() for k, v in full.wid_model.state_dict().items()}
+    checkpoint = tmp_path / "a" / "checkpoint-8"  # mid-pruning: selections at steps 6 and 8 happened, more follow
+    assert os.path.isfile(checkpoint / "wid_model.safetensors")
+    resumed = budget_trainer(tmp_path / "a", save_strategy="steps", save_steps=8)
+    resumed.train(resume_from_checkpoint=str(checkpoint))
+    got = resumed.wid_model.state_dict()
+    assert any(k.startswith("masks.score_") for k in expected)  # the scores are part of the saved state
+    for name, value in expected.items():
+        assert torch.allclose(value.float(), got[name].float(), atol=1e-6, rtol=0), name
