@@ -4,8 +4,9 @@ Every method gets the same teacher (default: ../shared/teachers/minilm-l6-h384-m
 `wid-hf prepare-teacher`), the same training text (offline Wikipedia leads packed into sequences of --seq-len), the same
 batch size, number of optimizer steps and seed, and targets hidden 192 / FFN 768 (half width, same layers):
 
-  wid                WID (compactors, masked-LM only)
-  wid+attention      WID plus MiniLM-style attention transfer (KL on attention distributions, last layer)
+  wid-budget         WID in budget mode (WIDConfig.for_budget: Taylor scores, linear decay, monotone masks)
+  wid-reference      WID with the reference method on the same scaled schedule (norm scores, Adam-routed penalty)
+  wid+attention      WID (reference) plus MiniLM-style attention transfer (KL on attention distributions, last layer)
   etd-impt+mlm       Extract-Then-Distill, first-order importance on 16 corpus batches, then masked-LM
   etd-rand+mlm       Extract-Then-Distill with random indices, then masked-LM
   etd-impt+attention ETD-Impt, then attention transfer (+ masked-LM, alpha 0.5)
@@ -13,11 +14,18 @@ batch size, number of optimizer steps and seed, and targets hidden 192 / FFN 768
   weight-distill     Weight Distillation: generator for half the steps, then the materialised student
   random+mlm         random initialisation at the student's shape + masked-LM (the floor)
 
-Measured: held-out masked-LM loss/accuracy on BBC News (not seen in training; fixed masks), fine-tuned accuracy on
-the Pang & Lee polarity sentences and BBC topics (fixed 80/20 splits, several seeds, mean ± std), parameters and
-wall time. Writes benchmarks/results/quality.{json,md,png}. Run it in the background; it takes a while:
+Learning rates: every method gets the same search (`--search`: each value of --lr-grid at the given --steps, chosen by
+masked-LM accuracy on --validation-sequences held back from the *training* corpus; WID's compactors always train at
+a tenth of the inherited weights' rate). The held-out BBC News text is never used to choose anything.
 
-    nohup python benchmarks/quality.py --steps 120 > runs/quality.log 2>&1 &
+Measured: held-out masked-LM loss/accuracy on BBC News (not seen in training; fixed masks), optionally fine-tuned
+accuracy on the Pang & Lee polarity sentences and BBC topics (fixed 80/20 splits, several seeds, mean ± std),
+parameters and wall time. Each budget writes benchmarks/results/quality-<steps>.{json,md,png}; each finished method is
+saved at once and a rerun skips it (and every pipeline job resumes), so a long run can be stopped and restarted.
+`--sweep-chart` draws budget_sweep.{png,md} from every quality-<steps>.json. Run it in the background:
+
+    nohup python benchmarks/quality.py --search --steps 120 --methods wid-budget etd-impt+mlm > runs/search.log 2>&1 &
+    nohup python benchmarks/quality.py --steps 600 --methods wid-budget etd-impt+mlm > runs/q600.log 2>&1 &
 """
 
 from __future__ import annotations
@@ -33,114 +41,176 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 sys.path.insert(0, ROOT)
 SHARED_TEACHER = os.path.join(os.path.dirname(ROOT), "shared", "teachers", "minilm-l6-h384-mlm")
-METHODS = ["wid", "wid+attention", "etd-impt+mlm", "etd-rand+mlm", "etd-impt+attention", "truncation",
-           "weight-distill", "random+mlm"]
+# benchmark name -> the pipeline's settings (wid_hf.pipeline.Job)
+RUNS = {
+    "wid-budget": dict(method="wid"),
+    "wid-reference": dict(method="wid", budget_mode=False),
+    "wid+attention": dict(method="wid", objective="attention_kl", budget_mode=False),
+    "etd-impt+mlm": dict(method="etd-impt"),
+    "etd-rand+mlm": dict(method="etd-rand"),
+    "etd-impt+attention": dict(method="etd-impt", objective="attention_kl"),
+    "truncation": dict(method="truncation"),
+    "weight-distill": dict(method="weight-distill"),
+    "random+mlm": dict(method="random"),
+}
+METHODS = list(RUNS)
+WID_COMPACTOR_RATIO = 0.1  # WID's compactor learning rate, as a fraction of the inherited weights' (every search)
 
 
-# benchmark name -> (method, objective) of the pipeline (wid_hf.pipeline.Job)
-RUNS = {"wid": ("wid", "mlm"), "wid+attention": ("wid", "attention_kl"), "etd-impt+mlm": ("etd-impt", "mlm"),
-        "etd-rand+mlm": ("etd-rand", "mlm"), "etd-impt+attention": ("etd-impt", "attention_kl"),
-        "truncation": ("truncation", "mlm"), "weight-distill": ("weight-distill", "mlm"), "random+mlm": ("random", "mlm")}
-
-
-def run_method(name, a):
+def run_method(name, a, steps, lr, workdir):
     """One method through the same pipeline as `wid-hf compress` / `wid-hf baseline` (resumes; a finished run
-    returns its report). WID gets the budget schedule of `wid_hf.pipeline.budget_schedule`."""
+    returns its report)."""
     from wid_hf.pipeline import Job, run
 
-    method, objective = RUNS[name]
-    job = Job.create(output_dir=os.path.join(a.workdir, name.replace("+", "_")), method=method, objective=objective,
+    settings = dict(RUNS[name])
+    if settings["method"] == "wid":
+        settings["compactor_learning_rate"] = lr * WID_COMPACTOR_RATIO
+    job = Job.create(output_dir=os.path.join(workdir, f"{name.replace('+', '_')}-{steps}-lr{lr:g}"),
                      teacher=a.teacher, corpus="offline-wiki", eval_corpus="offline-bbc", max_seq_length=a.seq_len,
-                     eval_sequences=a.eval_sequences, cache_dir=os.path.join(a.workdir, "cache"), max_steps=a.steps,
-                     per_device_train_batch_size=a.batch, seed=a.seed, target_hidden_size=a.hidden,
-                     target_intermediate_size=a.ffn, learning_rate=a.lr if method == "wid" else a.lr_student,
-                     compactor_learning_rate=a.compactor_lr, save_steps=a.save_steps, disable_tqdm=True)
+                     eval_sequences=a.eval_sequences, validation_sequences=a.validation_sequences,
+                     cache_dir=os.path.join(workdir, "cache"), max_steps=steps, per_device_train_batch_size=a.batch,
+                     seed=a.seed, target_hidden_size=a.hidden, target_intermediate_size=a.ffn, learning_rate=lr,
+                     save_steps=a.save_steps, disable_tqdm=True, **settings)
     return run(job)
+
+
+def _load(path, default):
+    if os.path.isfile(path):
+        with open(path) as f:
+            return json.load(f)
+    return default
+
+
+def _save(path, data):
+    with open(path + ".tmp", "w") as f:
+        json.dump(data, f, indent=2)
+    os.replace(path + ".tmp", path)
+
+
+def search(a):
+    """Every method at every learning rate of the grid, at --steps; the best by validation accuracy."""
+    path = os.path.join(a.out, f"lr_search-{a.steps[0]}.json")
+    found = _load(path, {"setup": {k: v for k, v in vars(a).items() if k != "out"}, "runs": {}, "chosen": {}})
+    for name in a.methods:
+        for lr in a.lr_grid:
+            key = f"{name}@{lr:g}"
+            if key not in found["runs"]:
+                report = run_method(name, a, a.steps[0], lr, a.workdir)  # the budget run reuses the chosen one
+                found["runs"][key] = {"method": name, "learning_rate": lr,
+                                      "compactor_learning_rate": report["training"]["compactor_learning_rate"],
+                                      "validation": report["validation"]["student"],
+                                      "train_seconds": report["training"]["seconds"]}
+                print(key, json.dumps(found["runs"][key]), flush=True)
+                _save(path, found)
+        tried = [r for r in found["runs"].values() if r["method"] == name]
+        found["chosen"][name] = max(tried, key=lambda r: r["validation"]["mlm_accuracy"])["learning_rate"]
+        _save(path, found)
+    print("chosen:", json.dumps(found["chosen"]), flush=True)
 
 
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--teacher", default=SHARED_TEACHER)
     p.add_argument("--methods", nargs="+", default=METHODS, choices=METHODS)
-    p.add_argument("--steps", type=int, default=120)
+    p.add_argument("--steps", type=int, nargs="+", default=[120], help="one or more budgets (optimizer steps)")
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--seq-len", type=int, default=128)
     p.add_argument("--hidden", type=int, default=192)
     p.add_argument("--ffn", type=int, default=768)
-    p.add_argument("--lr", type=float, default=1e-4, help="WID: inherited weights")
-    p.add_argument("--compactor-lr", type=float, default=2e-3, help="WID compactors; WD generator")
-    p.add_argument("--lr-student", type=float, default=5e-4, help="every plain student (ETD, truncation, random, WD)")
+    p.add_argument("--search", action="store_true", help="run the learning-rate search at --steps and stop")
+    p.add_argument("--lr-grid", type=float, nargs="+", default=[2e-4, 5e-4, 1e-3])
+    p.add_argument("--lr-from", help="lr_search JSON whose choices to use (default: lr_search-120.json, if there)")
+    p.add_argument("--lr", type=float, default=5e-4, help="learning rate of a method the search did not cover")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--save-steps", type=int, default=50, help="checkpoint interval (each run resumes)")
+    p.add_argument("--validation-sequences", type=int, default=256,
+                   help="sequences held back from the training corpus to choose learning rates on")
+    p.add_argument("--finetune-tasks", nargs="*", default=["polarity"], choices=["polarity", "bbc-topics"])
     p.add_argument("--finetune-seeds", type=int, nargs="+", default=[0, 1, 2])
-    p.add_argument("--finetune-max-train", type=int, default=800)
+    p.add_argument("--finetune-epochs", type=float, default=3.0)
+    p.add_argument("--finetune-max-train", type=int, default=3200)
     p.add_argument("--eval-sequences", type=int, default=256)
     p.add_argument("--polarity-csv", default=os.environ.get("WID_HF_TEST_CORPORA") and os.path.join(
         os.environ["WID_HF_TEST_CORPORA"], "polarity-en-pang&lee2.csv"))
     p.add_argument("--workdir", default=os.path.join(ROOT, "runs", "quality"))
     p.add_argument("--out", default=os.path.join(HERE, "results"))
     a = p.parse_args()
+    os.makedirs(a.out, exist_ok=True)
+    if a.search:
+        return search(a)
+    chosen = _load(a.lr_from or os.path.join(a.out, "lr_search-120.json"), {}).get("chosen", {})
+    for steps in a.steps:
+        run_budget(a, steps, chosen)
 
+
+def run_budget(a, steps, chosen):
     from wid_hf.finetune import finetune_eval
 
-    results = {"setup": {k: v for k, v in vars(a).items() if k not in ("out",)}, "torch": torch.__version__,
-               "device": "cuda" if torch.cuda.is_available() else f"cpu ({torch.get_num_threads()} threads)",
-               "methods": {}}
-    os.makedirs(a.out, exist_ok=True)
+    path = os.path.join(a.out, f"quality-{steps}.json")
+    results = _load(path, {"methods": {}})
+    results.update({"setup": {**{k: v for k, v in vars(a).items() if k not in ("out", "steps")}, "steps": steps},
+                    "torch": torch.__version__,
+                    "device": "cuda" if torch.cuda.is_available() else f"cpu ({torch.get_num_threads()} threads)"})
 
     def finetune(model_dir):
         scores = {}
-        tasks = [("bbc-topics", None)] + ([("polarity", a.polarity_csv)] if a.polarity_csv else [])
-        for task, path in tasks:
-            scores[task] = finetune_eval(model_dir, task, task_file=path, seeds=a.finetune_seeds, epochs=1.0,
+        for task in a.finetune_tasks:
+            if task == "polarity" and not a.polarity_csv:
+                continue
+            scores[task] = finetune_eval(model_dir, task, task_file=a.polarity_csv if task == "polarity" else None,
+                                         seeds=a.finetune_seeds, epochs=a.finetune_epochs,
                                          max_train=a.finetune_max_train, seq_len=a.seq_len)
         return scores
 
-    def entry(side, report, train_seconds):
+    def entry(side, report, lr):
         sizes = report[side]
-        return {"train_seconds": train_seconds,
-                "parameters": sizes["parameters" if side == "student" else "parameters_tied"],
+        return {"train_seconds": report["training"]["seconds"] if side == "student" else 0.0,
+                "learning_rate": lr, "parameters": sizes["parameters" if side == "student" else "parameters_tied"],
                 "config": {k: sizes[k] for k in ("hidden_size", "intermediate_size", "num_hidden_layers",
                                                  "num_attention_heads")},
-                "heldout": report["heldout"][side], "finetune": finetune(sizes["path"] if side == "student"
-                                                                         else a.teacher)}
+                "heldout": report["heldout"][side], "validation": report.get("validation", {}).get(side),
+                "hard_masks": report.get("hard_masks") if side == "student" else None,
+                "finetune": finetune(sizes["path"] if side == "student" else a.teacher)}
 
     for name in a.methods:
-        report = run_method(name, a)
+        if name in results["methods"]:
+            continue  # finished in an earlier run
+        lr = chosen.get(name, a.lr)
+        report = run_method(name, a, steps, lr, a.workdir)
         results["vocab_size"] = report["teacher"].get("vocab_size", 30522)
         if "teacher" not in results["methods"]:
-            results["methods"]["teacher"] = entry("teacher", report, 0.0)
-        results["methods"][name] = entry("student", report, report["training"]["seconds"])
+            results["methods"] = {"teacher": entry("teacher", report, None), **results["methods"]}
+        results["methods"][name] = entry("student", report, lr)
         shown = results["methods"][name]
-        print(name, json.dumps({k: shown[k] for k in ("train_seconds", "parameters", "heldout")}), flush=True)
-        with open(os.path.join(a.out, "quality.json"), "w") as f:
-            json.dump(results, f, indent=2)
-    write_table_and_chart(results, a.out)
+        print(steps, name, json.dumps({k: shown[k] for k in ("train_seconds", "learning_rate", "heldout")}), flush=True)
+        _save(path, results)
+    write_table_and_chart(results, a.out, steps)
 
 
-def write_table_and_chart(results, out):
+def write_table_and_chart(results, out, steps):
     from transformers import BertConfig
 
     from wid_hf.utils import bert_mlm_parameter_count
 
-    rows = ["| method | params (decoder tied) | params as saved | train s | held-out MLM loss | held-out MLM acc | "
-            "BBC topics acc | polarity acc |", "|---|---|---|---|---|---|---|---|"]
+    rows = ["| method | params (decoder tied) | lr | train s | validation MLM acc | held-out MLM loss | held-out MLM acc | "
+            "BBC topics acc | polarity acc |", "|---|---|---|---|---|---|---|---|---|"]
     vocab = results.get("vocab_size", 30522)
     for name, e in results["methods"].items():
         ft = e["finetune"]
         cell = lambda t: f"{ft[t]['mean']:.3f} ± {ft[t]['std']:.3f}" if t in ft else "-"  # noqa: E731
         # comparable sizes: every model counted with its MLM decoder tied to the word embeddings
         tied = bert_mlm_parameter_count(BertConfig(vocab_size=vocab, **e["config"]), include_decoder=False)
-        rows.append(f"| {name} | {tied / 1e6:.1f}M | {e['parameters'] / 1e6:.1f}M | {e['train_seconds']:.0f} | "
+        val = f"{e['validation']['mlm_accuracy']:.3f}" if e.get("validation") else "-"
+        lr = f"{e['learning_rate']:g}" if e.get("learning_rate") else "-"
+        rows.append(f"| {name} | {tied / 1e6:.1f}M | {lr} | {e['train_seconds']:.0f} | {val} | "
                     f"{e['heldout']['mlm_loss']:.3f} | "
                     f"{e['heldout']['mlm_accuracy']:.3f} | {cell('bbc-topics')} | {cell('polarity')} |")
     s = results["setup"]
     head = (f"Teacher {s['teacher']}; every method: {s['steps']} optimizer steps of {s['batch']}x{s['seq_len']} on the "
             f"offline Wikipedia leads, seed {s['seed']}, targets hidden {s['hidden']} / FFN {s['ffn']}; {results['device']}, "
-            f"torch {results['torch']}. Fine-tuning: 1 epoch on at most {s['finetune_max_train']} examples, seeds "
-            f"{s['finetune_seeds']} (mean ± std); metric source: "
-            f"{next(iter(next(iter(results['methods'].values()))['finetune'].values()))['metric_source']}.")
-    with open(os.path.join(out, "quality.md"), "w") as f:
+            f"torch {results['torch']}. Fine-tuning: {s['finetune_epochs']:g} epochs on at most "
+            f"{s['finetune_max_train']} examples, seeds {s['finetune_seeds']} (mean ± std).")
+    with open(os.path.join(out, f"quality-{steps}.md"), "w") as f:
         f.write(head + "\n\n" + "\n".join(rows) + "\n")
 
     import matplotlib
@@ -161,13 +231,54 @@ def write_table_and_chart(results, out):
         ax.invert_yaxis()
         ax.set_title(title)
     fig.tight_layout()
-    fig.savefig(os.path.join(out, "quality.png"), dpi=110)
+    fig.savefig(os.path.join(out, f"quality-{steps}.png"), dpi=110)
+    plt.close(fig)
+
+
+def sweep_chart(out):
+    """budget_sweep.{md,png}: held-out MLM accuracy against steps and against training wall time, per method."""
+    import glob
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    budgets = {}
+    for path in glob.glob(os.path.join(out, "quality-*.json")):
+        data = _load(path, {})
+        budgets[data["setup"]["steps"]] = data["methods"]
+    series = {}
+    for steps in sorted(budgets):
+        for name, e in budgets[steps].items():
+            series.setdefault(name, []).append((steps, e["train_seconds"], e["heldout"]["mlm_accuracy"]))
+    rows = ["| method | " + " | ".join(f"{s} steps: acc (train s)" for s in sorted(budgets)) + " |",
+            "|---|" + "---|" * len(budgets)]
+    for name, points in series.items():
+        cells = {s: f"{acc:.3f} ({sec:.0f})" for s, sec, acc in points}
+        rows.append(f"| {name} | " + " | ".join(cells.get(s, "-") for s in sorted(budgets)) + " |")
+    with open(os.path.join(out, "budget_sweep.md"), "w") as f:
+        f.write("Held-out masked-LM accuracy (BBC News) by training budget; training seconds in brackets.\n\n"
+                + "\n".join(rows) + "\n")
+    fig, (ax_s, ax_t) = plt.subplots(1, 2, figsize=(11, 4))
+    for name, points in series.items():
+        if name == "teacher":
+            for ax in (ax_s, ax_t):
+                ax.axhline(points[0][2], color="grey", linestyle=":", label="teacher")
+            continue
+        steps, seconds, acc = zip(*points)
+        ax_s.plot(steps, acc, marker="o", label=name)
+        ax_t.plot(seconds, acc, marker="o", label=name)
+    ax_s.set(xscale="log", xlabel="optimizer steps (8 x 128)", ylabel="held-out MLM accuracy", title="Equal steps")
+    ax_t.set(xscale="log", xlabel="training wall time, s (2 CPU cores)", title="Equal wall time")
+    ax_s.legend(fontsize="small")
+    fig.tight_layout()
+    fig.savefig(os.path.join(out, "budget_sweep.png"), dpi=110)
     plt.close(fig)
 
 
 if __name__ == "__main__":
-    if sys.argv[1:2] == ["--table-only"]:  # re-render quality.md/png from an existing quality.json
-        with open(os.path.join(HERE, "results", "quality.json")) as f:
-            write_table_and_chart(json.load(f), os.path.join(HERE, "results"))
+    if sys.argv[1:2] == ["--sweep-chart"]:  # budget_sweep.{md,png} from the quality-<steps>.json files
+        sweep_chart(sys.argv[2] if len(sys.argv) > 2 else os.path.join(HERE, "results"))
     else:
         main()

@@ -103,3 +103,24 @@ def test_objectives_are_the_distillation_trainers():
     from wid_hf.pipeline import OBJECTIVES
 
     assert OBJECTIVES == TRAINER_OBJECTIVES  # the pipeline keeps its own copy so that --help does not import torch
+
+
+def test_a_demo_job_given_only_its_length_runs_in_budget_mode():
+    from wid_hf.pipeline import BUDGET_COMPACTOR_LEARNING_RATE, BUDGET_LEARNING_RATE
+
+    job = Job.create(output_dir="x", max_steps=300)
+    w = job.wid
+    assert (w.mask_scoring, w.decay, w.monotone_masks, w.warmup_l2) == ("taylor", "linear", True, 0.0)
+    assert (w.pruning_start, w.mask_interval, w.pruning_intervals, w.target_ratio) == (30, 15, 8, 0.5)
+    assert (job.training.learning_rate, job.training.compactor_learning_rate) == (BUDGET_LEARNING_RATE,
+                                                                                  BUDGET_COMPACTOR_LEARNING_RATE)
+    # anything given wins; --budget_mode false is the reference method on the same scaled schedule
+    assert Job.create(output_dir="x", max_steps=300, mask_scoring="aggregate").wid.mask_scoring == "aggregate"
+    reference = Job.create(output_dir="x", max_steps=300, budget_mode=False)
+    assert (reference.wid.mask_scoring, reference.wid.decay, reference.wid.mask_interval) == ("reference",
+                                                                                            "reference", 15)
+    assert reference.training.learning_rate == JOB_PRESETS["demo"]["learning_rate"]
+    # baselines keep a plain student's learning rate
+    assert Job.create(output_dir="x", max_steps=300, method="etd-impt").training.learning_rate == STUDENT_LEARNING_RATE
+    sized = Job.create(output_dir="x", max_steps=300, target_hidden_size=192, target_intermediate_size=768)
+    assert (sized.wid.target_hidden_size, sized.wid.target_ratio, sized.wid.decay) == (192, None, "linear")

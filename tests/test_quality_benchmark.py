@@ -19,19 +19,37 @@ def test_quality_benchmark_smoke(tmp_path):
     torch.manual_seed(0)
     BertForMaskedLM(tiny_config(vocab=len(tokenizer), layers=4)).save_pretrained(tmp_path / "teacher")
     tokenizer.save_pretrained(tmp_path / "teacher")
-    cmd = [sys.executable, os.path.join(ROOT, "benchmarks", "quality.py"), "--teacher", str(tmp_path / "teacher"),
-           "--steps", "4", "--batch", "4", "--seq-len", "32", "--hidden", "24", "--ffn", "48", "--eval-sequences", "8",
-           "--finetune-seeds", "0", "--finetune-max-train", "24", "--workdir", str(tmp_path / "work"),
-           "--out", str(tmp_path / "results")]
-    out = subprocess.run(cmd, capture_output=True, text=True, timeout=900, env={**os.environ, "PYTHONPATH": ROOT})
+    common = [sys.executable, os.path.join(ROOT, "benchmarks", "quality.py"), "--teacher", str(tmp_path / "teacher"),
+              "--steps", "4", "--batch", "4", "--seq-len", "32", "--hidden", "24", "--ffn", "48", "--eval-sequences", "8",
+              "--validation-sequences", "8", "--workdir", str(tmp_path / "work"), "--out", str(tmp_path / "results")]
+    env = {**os.environ, "PYTHONPATH": ROOT}
+    # the learning-rate search: every method at every rate, chosen on the validation split
+    search = subprocess.run(common + ["--search", "--methods", "wid-budget", "random+mlm", "--lr-grid", "1e-3", "2e-3"],
+                            capture_output=True, text=True, timeout=900, env=env)
+    assert search.returncode == 0, search.stderr[-4000:]
+    found = json.loads((tmp_path / "results" / "lr_search-4.json").read_text())
+    assert len(found["runs"]) == 4 and set(found["chosen"]) == {"wid-budget", "random+mlm"}
+    assert found["runs"]["wid-budget@0.001"]["compactor_learning_rate"] == 1e-4
+
+    out = subprocess.run(common + ["--finetune-tasks", "bbc-topics", "--finetune-seeds", "0", "--finetune-max-train",
+                                   "24", "--finetune-epochs", "1", "--lr-from",
+                                   str(tmp_path / "results" / "lr_search-4.json")],
+                         capture_output=True, text=True, timeout=900, env=env)
     assert out.returncode == 0, out.stderr[-4000:]
-    results = json.loads((tmp_path / "results" / "quality.json").read_text())
-    assert list(results["methods"]) == ["teacher", "wid", "wid+attention", "etd-impt+mlm", "etd-rand+mlm",
-                                        "etd-impt+attention", "truncation", "weight-distill", "random+mlm"]
+    results = json.loads((tmp_path / "results" / "quality-4.json").read_text())
+    assert list(results["methods"]) == ["teacher", "wid-budget", "wid-reference", "wid+attention", "etd-impt+mlm",
+                                        "etd-rand+mlm", "etd-impt+attention", "truncation", "weight-distill",
+                                        "random+mlm"]
+    assert results["methods"]["wid-budget"]["learning_rate"] == found["chosen"]["wid-budget"]
     for name, entry in results["methods"].items():
         assert 0 <= entry["heldout"]["mlm_accuracy"] <= 1
         assert "bbc-topics" in entry["finetune"]
         if name not in ("teacher", "truncation"):
             assert entry["config"]["hidden_size"] == 24, name
-    assert (tmp_path / "results" / "quality.png").is_file()
-    assert "| wid |" in (tmp_path / "results" / "quality.md").read_text()
+    assert results["methods"]["wid-budget"]["hard_masks"]["step"] is not None
+    assert (tmp_path / "results" / "quality-4.png").is_file()
+    assert "| wid-budget |" in (tmp_path / "results" / "quality-4.md").read_text()
+    sweep = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "quality.py"), "--sweep-chart",
+                            str(tmp_path / "results")], capture_output=True, text=True, timeout=300, env=env)
+    assert sweep.returncode == 0, sweep.stderr[-4000:]
+    assert (tmp_path / "results" / "budget_sweep.png").is_file()

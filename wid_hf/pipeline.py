@@ -60,6 +60,10 @@ JOB_PRESETS: dict[str, dict] = {
                   head_warmup_steps=1000, eval_sequences=256) for name in PRESETS},
 }
 BUDGET_PRESET = "demo"
+# Learning rates of WID in budget mode: the inherited weights train as fast as a plain student, the compactors ten
+# times slower (2e-3 wrecks the teacher within two steps; docs/method.md, "Budget mode").
+BUDGET_LEARNING_RATE = 5e-4
+BUDGET_COMPACTOR_LEARNING_RATE = 5e-5
 
 
 def budget_schedule(max_steps: int) -> dict:
@@ -98,6 +102,10 @@ class JobArguments:
         "help": "Depth reduction too: the teacher layers to keep, a list (0,2,4) or lower:N / upper:N / uniform:N."})
     head_warmup_steps: Optional[int] = field(default=None, metadata={
         "help": "MLM-head warm-up steps for a teacher without one (default: from --preset)."})
+    budget_mode: bool = field(default=True, metadata={
+        "help": "Under --preset demo, a run given --max_steps uses WID's budget mode (WIDConfig.for_budget: Taylor "
+                "scores, linear decay to zero, monotone masks, schedule scaled to the run, budget learning rates); "
+                "--budget_mode false gives the reference method on the same scaled schedule instead."})
     overwrite_output_dir: bool = field(default=False, metadata={
         "aliases": ["--overwrite"], "help": "Delete what --output_dir holds and start over."})
 
@@ -118,6 +126,9 @@ class DataArguments:
         "help": "Held-out text for the report (default: offline-bbc, BBC News)."})
     text_column: str = field(default="text", metadata={"help": "Column holding the text."})
     max_seq_length: int = field(default=128, metadata={"aliases": ["--seq-len"], "help": "Tokens per sequence."})
+    validation_sequences: int = field(default=0, metadata={
+        "help": "Hold out the last N packed sequences of the training corpus (never trained on) and report masked-LM "
+                "on them: the split to choose settings on, so that the held-out corpus stays untouched."})
     eval_sequences: Optional[int] = field(default=None, metadata={
         "help": "Held-out sequences in the report (default: from --preset)."})
     cache_dir: Optional[str] = field(default=None, metadata={
@@ -182,12 +193,23 @@ class Job:
         if settings.get("objective", "mlm") not in OBJECTIVES:
             raise ValueError(f"objective must be one of {OBJECTIVES}, got {settings['objective']!r}.")
 
+        if settings.get("max_steps") is not None and settings["max_steps"] < 1:
+            raise ValueError("--max_steps must be at least 1.")
         wid = dict(preset["wid"])
         if any(settings.get(k) is not None for k in _SIZE_FIELDS):  # sizes given: the preset's sizes do not apply
             for key in _SIZE_FIELDS:
                 wid.pop(key, None)
-        if (preset_name == BUDGET_PRESET and settings.get("max_steps") is not None
-                and not any(settings.get(k) is not None for k in _SCHEDULE_FIELDS)):
+        budget = (preset_name == BUDGET_PRESET and settings.get("max_steps") is not None
+                  and not any(settings.get(k) is not None for k in _SCHEDULE_FIELDS))
+        if budget and settings.get("budget_mode", True):
+            sizes = {k: settings.get(k, wid.get(k)) for k in _SIZE_FIELDS}
+            budget_wid = WIDConfig.for_budget(settings["max_steps"], **sizes)
+            wid.update({k: v for k, v in dataclasses.asdict(budget_wid).items() if v != _WID_DEFAULTS[k]})
+            if method == "wid":
+                settings = {"learning_rate": BUDGET_LEARNING_RATE,
+                            "compactor_learning_rate": BUDGET_COMPACTOR_LEARNING_RATE,
+                            **{k: v for k, v in settings.items() if v is not None}}
+        elif budget:
             wid.update(budget_schedule(settings["max_steps"]))
         wid.update({k: v for k, v in settings.items() if known[k] is WIDConfig and v is not None})
 
@@ -237,6 +259,8 @@ class Job:
                     "kd_objective": None if j.objective == "mlm" else j.objective, "keep_layers": j.keep_layers}
         if j.method != "wid":
             identity["method"] = j.method
+        if d.validation_sequences:
+            identity["validation_sequences"] = d.validation_sequences
         return json.loads(json.dumps(identity))
 
     def to_dict(self) -> dict:
@@ -333,12 +357,12 @@ def _check_schedule_fits(job: Job, wid_config: WIDConfig, dims: TeacherDims) -> 
     from .schedule import pruning_end_step
 
     end = pruning_end_step(wid_config, dims)
-    interval = wid_config.mask_interval
+    interval, start = wid_config.mask_interval, wid_config.pruning_start
     last = end + interval if wid_config.hard_masks else end
     steps = job.training.max_steps
     if last <= steps:
         return
-    fits = max(1, steps // (last // interval))  # the same number of intervals, shorter
+    fits = max(1, (steps - start) // ((last - start) // interval))  # the same number of intervals, shorter
     raise ValueError(
         f"--steps {steps} ends before the pruning schedule does (targets at step {end}, hard masks at step "
         f"{last}): use --steps {last} or more, or --mask-interval {fits} or less.")
@@ -486,7 +510,7 @@ def run(job: Job) -> dict:
     from transformers import set_seed
 
     from .baselines.etd import resolve_layers
-    from .data import heldout_sequences, prepare_corpus
+    from .data import fixed_masks, heldout_sequences, prepare_corpus
     from .evaluation import bert_mlm_forward_flops, evaluate_mlm, inference_throughput
     from .plotting import plot_schedule, plot_training
     from .resume import save_pretrained_atomically, write_json_atomically
@@ -511,6 +535,14 @@ def run(job: Job) -> dict:
     parts = [prepare_corpus(spec, loaded.tokenizer, d.max_seq_length, job.cache_dir, d.text_column)
              for spec in (d.corpus.split(",") if d.corpus else [None])]
     train = parts[0] if len(parts) == 1 else concatenate_datasets(parts)
+    validation = None
+    if d.validation_sequences:
+        if d.validation_sequences >= len(train) // 2:
+            raise ValueError(f"--validation_sequences {d.validation_sequences} would leave too little to train on "
+                             f"({len(train)} sequences in the corpus); use at most {len(train) // 10}.")
+        cut = len(train) - d.validation_sequences
+        validation = fixed_masks(train.select(range(cut, len(train))), loaded.tokenizer, seed=2)
+        train = train.select(range(cut))
     heldout = heldout_sequences(d.eval_corpus, loaded.tokenizer, d.max_seq_length, d.eval_sequences, job.cache_dir)
     _say(f"corpus: {len(train):,} sequences of {d.max_seq_length} tokens; held-out: {len(heldout)} sequences")
     teacher, head_note = _mlm_teacher(job, loaded, train)
@@ -520,6 +552,7 @@ def run(job: Job) -> dict:
     teacher_speed = inference_throughput(teacher, batch_size=speed_batch, seq_len=d.max_seq_length)
 
     layers = resolve_layers(job.job.keep_layers, teacher.config.num_hidden_layers)
+    teacher_validation = evaluate_mlm(teacher, validation, progressbar=False) if validation is not None else None
     trainer = build_trainer(job, teacher, tokenizer, train, wid_config, layers)
     train_seconds = _train(trainer, trainer.args.max_steps)
 
@@ -535,6 +568,7 @@ def run(job: Job) -> dict:
     save_pretrained_atomically(student_dir, student, tokenizer)
     student_eval = evaluate_mlm(student, heldout, progressbar=job.progressbar, desc="Student eval")
     student_speed = inference_throughput(student, batch_size=speed_batch, seq_len=d.max_seq_length)
+    student_validation = evaluate_mlm(student, validation, progressbar=False) if validation is not None else None
 
     name = "WID" if job.job.method == "wid" else job.job.method
     plot_training(trainer.state, os.path.join(job.output_dir, "training.png"), title=f"{name}: widths and loss")
@@ -580,11 +614,29 @@ def run(job: Job) -> dict:
         "wall_seconds": time.time() - started,
         "identity": job.identity(),
     }
+    if validation is not None:
+        report["validation"] = {"corpus": "last sequences of the training corpus", "sequences": len(validation),
+                                "teacher": teacher_validation, "student": student_validation}
+    if job.job.method == "wid":
+        report["hard_masks"] = hard_mask_record(trainer.state.log_history, trainer.wid_model.hard_mask_step)
     with open(os.path.join(job.output_dir, "report.md"), "w") as f:
         f.write(render_report(report))
     write_json_atomically(os.path.join(job.output_dir, "report.json"), report)  # last: its presence means finished
     _say(f"student saved to {student_dir}; report in {os.path.join(job.output_dir, 'report.md')}")
     return report
+
+
+def hard_mask_record(history: list[dict], hard_step: Optional[int]) -> dict:
+    """The pruned-entry norm just before the hard-mask step and the training loss logged around it (a large
+    norm or a jump in the loss means hard masking was a cliff)."""
+    before = [h for h in history if "loss" in h and hard_step is not None and h["step"] < hard_step]
+    after = [h for h in history if "loss" in h and hard_step is not None and h["step"] >= hard_step]
+    norm = next((h["wid/pruned_norm_before_hard_masks"] for h in history if "wid/pruned_norm_before_hard_masks" in h),
+                None)
+    return {"step": hard_step, "pruned_norm_before": norm,
+            "loss_before": before[-1]["loss"] if before else None, "loss_before_step": before[-1]["step"] if before
+            else None, "loss_after": after[0]["loss"] if after else None,
+            "loss_after_step": after[0]["step"] if after else None}
 
 
 def render_report(r: dict) -> str:
