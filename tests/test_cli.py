@@ -76,6 +76,10 @@ def test_compress_merge_evaluate(workspace, capsys):
     assert 0 <= report["heldout"]["student"]["mlm_accuracy"] <= 1
     assert report["compression_ratio"] > 1.5 and report["inference"]["flop_ratio"] > 1
     assert "held-out masked-LM accuracy" in (job / "report.md").read_text()
+    # fill-mask examples, teacher beside student, and timings taken in alternation
+    assert len(report["fill_mask"]["examples"]) == 5 and set(report["fill_mask"]["uses_context"]) == {"teacher",
+                                                                                                     "student"}
+    assert report["inference"]["teacher"]["interleaved"] and "Fill-mask, top 3" in (job / "report.md").read_text()
 
     # the student loads with plain transformers in a process that never imports wid_hf
     check = textwrap.dedent(f"""

@@ -124,3 +124,20 @@ def test_a_demo_job_given_only_its_length_runs_in_budget_mode():
     assert Job.create(output_dir="x", max_steps=300, method="etd-impt").training.learning_rate == STUDENT_LEARNING_RATE
     sized = Job.create(output_dir="x", max_steps=300, target_hidden_size=192, target_intermediate_size=768)
     assert (sized.wid.target_hidden_size, sized.wid.target_ratio, sized.wid.decay) == (192, None, "linear")
+
+
+def test_fill_mask_examples_catch_a_student_that_ignores_its_input(tmp_path):
+    import torch
+    from conftest import tiny_teacher, tiny_tokenizer
+
+    from wid_hf.evaluation import fill_mask_examples
+
+    tokenizer = tiny_tokenizer(tmp_path / "tok")
+    sentences = ["w1 w2 [MASK] w3", "w9 [MASK] w8 w7 w6", "[MASK] w40 w41", "w5 w5 w5 [MASK] w60 w61"]
+    listening = tiny_teacher()
+    blind = tiny_teacher()
+    with torch.no_grad():
+        blind.cls.predictions.bias[7] = 1e4  # one token wins whatever the input
+    found = fill_mask_examples({"teacher": listening, "student": blind}, tokenizer, sentences=sentences)
+    assert found["uses_context"] == {"teacher": True, "student": False}
+    assert len(found["examples"]) == 4 and len(found["examples"][0]["student"]) == 3

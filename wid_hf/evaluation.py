@@ -69,3 +69,52 @@ def bert_mlm_forward_flops(config, seq_len: int = 128) -> float:
     attention = 2 * 2 * S * H  # scores and weighted sum, per token per layer
     head = 2 * (H * H + H * V)
     return S * (L * (per_token_layer + attention) + head)
+
+
+def compare_throughput(teacher, student, batch_size: int = 32, seq_len: int = 128, rounds: int = 5) -> dict:
+    """Teacher and student timed in alternation (teacher, student, teacher, ...; one warm-up each), so that load
+    from other processes hits both alike; medians of `rounds` forward passes each."""
+    inference_throughput(teacher, batch_size, seq_len, runs=1, warmup=0)
+    inference_throughput(student, batch_size, seq_len, runs=1, warmup=0)
+    times = {"teacher": [], "student": []}
+    for _ in range(rounds):
+        for name, model in (("teacher", teacher), ("student", student)):
+            times[name].append(inference_throughput(model, batch_size, seq_len, runs=1, warmup=0)["batch_s"])
+    out = {}
+    for name, values in times.items():
+        median = statistics.median(values)
+        out[name] = {"batch_s": median, "sequences_per_s": batch_size / median, "runs": rounds,
+                     "batch_size": batch_size, "seq_len": seq_len, "interleaved": True}
+    return out
+
+
+FILL_MASK_SENTENCES = (
+    "The capital of France is [MASK].",
+    "The cat sat on the [MASK].",
+    "He went to the [MASK] to buy some bread.",
+    "The football match ended in a [MASK] after ninety minutes.",
+    "She played the [MASK] in the school orchestra.",
+)
+
+
+@torch.no_grad()
+def fill_mask_examples(models: dict, tokenizer, sentences=FILL_MASK_SENTENCES, top_k: int = 3) -> dict:
+    """Top-k predictions of each model (name -> masked-LM) for the [MASK] of each sentence, and a context check: a
+    model is context-blind if its top-1 prediction is the same for every sentence."""
+    rows = []
+    for sentence in sentences:
+        text = sentence.replace("[MASK]", tokenizer.mask_token)
+        encoded = tokenizer(text, return_tensors="pt")
+        position = int((encoded["input_ids"][0] == tokenizer.mask_token_id).nonzero()[0])
+        row = {"sentence": sentence}
+        for name, model in models.items():
+            was_training = model.training
+            model.eval()
+            device = next(model.parameters()).device
+            logits = model(**{k: v.to(device) for k, v in encoded.items()}).logits[0, position].float()
+            model.train(was_training)
+            probs, ids = logits.softmax(-1).topk(top_k)
+            row[name] = [{"token": tokenizer.convert_ids_to_tokens(int(i)), "p": float(p)} for p, i in zip(probs, ids)]
+        rows.append(row)
+    uses_context = {name: len({row[name][0]["token"] for row in rows}) > 1 for name in models}
+    return {"examples": rows, "uses_context": uses_context}
