@@ -208,8 +208,11 @@ def write_table_and_chart(results, out, steps):
     s = results["setup"]
     head = (f"Teacher {s['teacher']}; every method: {s['steps']} optimizer steps of {s['batch']}x{s['seq_len']} on the "
             f"offline Wikipedia leads, seed {s['seed']}, targets hidden {s['hidden']} / FFN {s['ffn']}; {results['device']}, "
-            f"torch {results['torch']}. Fine-tuning: {s['finetune_epochs']:g} epochs on at most "
-            f"{s['finetune_max_train']} examples, seeds {s['finetune_seeds']} (mean ± std).")
+            f"torch {results['torch']}. "
+            + (f"Fine-tuning: {s['finetune_epochs']:g} epochs on at most {s['finetune_max_train']} examples, seeds "
+               f"{s['finetune_seeds']} (mean ± std)." if s.get("finetune_tasks") else "No fine-tuning in this run.")
+            + f" Learning rates from the search in lr_search-{s.get('search_steps', 120)}.json where it covered "
+            "the method; validation = the last sequences of the training corpus (held back), held-out = BBC News.")
     with open(os.path.join(out, f"quality-{steps}.md"), "w") as f:
         f.write(head + "\n\n" + "\n".join(rows) + "\n")
 
