@@ -200,9 +200,9 @@ class WIDConfig:
     @classmethod
     def for_budget(cls, max_steps: int, **overrides) -> "WIDConfig":
         """Budget mode: WID for a run of `max_steps` optimizer steps (hundreds to tens of thousands), not the paper's
-        400k. The schedule scales with the run: the first selection after ~10% of the steps (5% of clock start,
-        then one 5% interval), targets after 8 more intervals (~50%), hard masks one interval later (~55%), so the
-        student trains at its final shape for the rest. Indices are scored by first-order (Taylor) importance,
+        400k. The schedule scales with the run: its clock starts at 10% of the steps, the first selection comes one
+        5% interval later (15%), the targets are reached after 8 intervals (50%) and hard masks one interval later
+        (55%), so the student trains at its final shape for the last 45%. Indices are scored by first-order (Taylor) importance,
         pruned entries decay linearly to exactly zero, pruned stays pruned, and no warm-up L2 shrinks the teacher.
         `overrides` are any WIDConfig fields (targets are required, as for WIDConfig). docs/method.md, "Budget mode",
         says why each differs from the reference.
