@@ -137,7 +137,10 @@ def test_masked_layernorm_uses_kept_statistics():
     expected = F.layer_norm(x[..., kept], (len(kept),), ln.weight[kept], ln.bias[kept], ln.eps)
     assert torch.allclose(y[..., kept], expected, atol=1e-5)
     model.finalize_masks()
+    model.student_path = False  # the full path: teacher width, pruned dims exactly zero
     assert (norm(x)[..., ~model.masks.get("hidden")] == 0).all()
+    model.student_path = True  # the student path: kept dims in, kept dims out, the same values
+    assert torch.allclose(norm(x[..., kept]), expected, atol=1e-5)
 
 
 def test_finalize_zeroes_pruned_entries_and_their_optimizer_state():
@@ -237,10 +240,13 @@ def test_merge_is_exact_for_task_models(cls):
     student = model.merge_and_unload(progressbar=False, probe_inputs=batch, atol=1e-4)
     assert type(student) is cls
     ours, theirs = logits(model, batch), logits(student, batch)
-    if cls is BertModel:  # the encoder's own output: pruned hidden dims are exactly zero, the rest equal
-        kept = model.masks.get("hidden")
-        assert (ours[..., ~kept] == 0).all()
-        ours = ours[..., kept]
+    if cls is BertModel:  # the encoder's own output: at the student's width on the student path...
+        assert ours.shape == theirs.shape
+        model.student_path = False  # ...and at the teacher's on the full path, pruned dims exactly zero
+        full, kept = logits(model, batch), model.masks.get("hidden")
+        assert (full[..., ~kept] == 0).all()
+        assert torch.equal(model.expand_to_teacher(ours)[..., ~kept], full[..., ~kept])
+        assert (full[..., kept] - theirs).abs().max() <= 1e-4
     assert (ours - theirs).abs().max() <= 1e-4
 
 

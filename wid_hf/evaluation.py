@@ -9,6 +9,8 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from .mlm import mlm_head_at
+
 
 @torch.no_grad()
 def evaluate_mlm(model, dataset, batch_size: int = 32, progressbar: bool = True, desc: str = "Masked-LM eval") -> dict:
@@ -23,10 +25,11 @@ def evaluate_mlm(model, dataset, batch_size: int = 32, progressbar: bool = True,
             ids = torch.tensor(rows["input_ids"], device=device)
             labels = torch.tensor(rows["labels"], device=device)
             mask = torch.tensor(rows["attention_mask"], device=device) if "attention_mask" in rows else None
-            logits = model(input_ids=ids, attention_mask=mask).logits.float()
             picked = labels != -100
-            total_loss += F.cross_entropy(logits[picked], labels[picked], reduction="sum").item()
-            correct += (logits[picked].argmax(-1) == labels[picked]).sum().item()
+            with mlm_head_at(model, picked):  # the head at the masked positions only
+                logits = model(input_ids=ids, attention_mask=mask).logits.float()
+            total_loss += F.cross_entropy(logits, labels[picked], reduction="sum").item()
+            correct += (logits.argmax(-1) == labels[picked]).sum().item()
             count += int(picked.sum())
     finally:
         model.train(was_training)

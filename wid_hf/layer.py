@@ -21,7 +21,14 @@ class WIDMasks(nn.Module):
 
     Python-side caches (kept indices, whether a group is complete, the hard flag) avoid a host-device sync per
     forward; they are dropped whenever a mask changes or a state dict is loaded.
+
+    ``student_path`` (not saved; default True) chooses how the layers compute once masks are hard: on the student
+    path every layer reads and writes only the kept dims, so the model runs at the student's widths (the same
+    outputs and the same gradients for every parameter as the full path, which forms teacher-size products and
+    multiplies the masks in). Set it False to run the full path, e.g. to compare the two.
     """
+
+    student_path: bool = True
 
     def __init__(self, group_sizes: dict[str, int], device=None, scores: bool = False):
         super().__init__()
@@ -72,6 +79,11 @@ class WIDMasks(nn.Module):
     def kept_count(self, group: str) -> int:
         return int(self.kept_index(group).numel())
 
+    @property
+    def on_student_path(self) -> bool:
+        """True when the layers run at the student's widths (hard masks and ``student_path``)."""
+        return self.student_path and self.is_hard
+
     def _load_from_state_dict(self, *args, **kwargs):
         super()._load_from_state_dict(*args, **kwargs)
         self._cache.clear()
@@ -99,8 +111,12 @@ class WIDLinear(_MaskUser):
     """``y = R · (W · (L · x) + b)`` for a teacher linear ``W, b`` with identity-initialised compactors.
 
     ``L`` (``compactor_in``, in×in) reads the input through its columns, ``R`` (``compactor_out``, out×out) writes
-    the output through its rows. The effective weight ``R·W·L`` and bias ``R·b`` are formed once per forward, never
-    per token. Either side may be absent (the decoder has no output compactor: the vocabulary is never pruned).
+    the output through its rows. Either side may be absent (the decoder has no output compactor: the vocabulary is
+    never pruned). Each forward computes the chain in its cheapest order for the number of tokens (`apply_chain`):
+    usually the effective weight ``R·W·L`` is formed once per forward, but the MLM decoder applied to a few
+    masked positions is cheaper token by token. On the student path (hard masks) only the kept rows of ``R`` and
+    the kept columns of ``L`` take part (`student_factors`): the layer maps the kept input dims to the kept output
+    dims, at the student's cost.
     """
 
     def __init__(self, base_layer: nn.Linear, masks: WIDMasks, in_group: Optional[str], out_group: Optional[str]):
@@ -120,8 +136,9 @@ class WIDLinear(_MaskUser):
     def out_features(self) -> int:
         return self.base_layer.out_features
 
-    def effective_weight_and_bias(self) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
-        """The dense (out×in) weight and bias this layer applies now; hard masks zero pruned rows/columns."""
+    def full_factors(self) -> tuple[Optional[torch.Tensor], torch.Tensor, Optional[torch.Tensor], Optional[torch.Tensor]]:
+        """``(R, W, L, b)`` on the full path: whole compactors, with pruned rows/columns (and bias entries) masked
+        out once masks are hard."""
         weight, bias = self.base_layer.weight, self.base_layer.bias
         left, right = self.compactor_in, self.compactor_out
         if self._wid_masks.is_hard:
@@ -131,19 +148,97 @@ class WIDLinear(_MaskUser):
                 m = self._mask(self.out_group, right.dtype)
                 right = right * m[:, None]
                 bias = bias * m if bias is not None else None
+        return right, weight, left, bias
+
+    def effective_weight_and_bias(self) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+        """The dense (out×in) weight ``R·W·L`` and bias ``R·b`` of the full path."""
+        return fold_chain(*self.full_factors())
+
+    def student_factors(self) -> tuple[Optional[torch.Tensor], torch.Tensor, Optional[torch.Tensor], Optional[torch.Tensor]]:
+        """``(R', W, L', b)`` under the current masks: the kept rows of ``R`` (out'×out), the teacher weight, the
+        kept columns of ``L`` (in×in') and the bias (under hard masks with pruned entries masked, as on the full path).
+        ``R'·(W·L')`` and ``R'·b`` are exactly the kept block of the full path's effective weight and bias; the
+        merge (`wid_hf.merge`) folds the same factors."""
+        masks = self._wid_masks
+        weight, bias = self.base_layer.weight, self.base_layer.bias
+        left, right = self.compactor_in, self.compactor_out
         if left is not None:
-            weight = weight @ left
+            left = left.index_select(1, masks.kept_index(self.in_group))
         if right is not None:
-            weight = right @ weight
-            bias = right @ bias if bias is not None else None
-        return weight, bias
+            right = right.index_select(0, masks.kept_index(self.out_group))
+            if bias is not None and masks.is_hard:  # as on the full path: pruned bias entries get no gradient
+                bias = bias * self._mask(self.out_group, bias.dtype)
+        return right, weight, left, bias
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        weight, bias = self.effective_weight_and_bias()
-        return F.linear(x, weight, bias)
+        factors = self.student_factors() if self._wid_masks.on_student_path else self.full_factors()
+        return apply_chain(x, *factors)
 
     def extra_repr(self) -> str:
         return f"in_group={self.in_group}, out_group={self.out_group}"
+
+
+def _shapes(right, weight, left) -> tuple[int, int, int, int]:
+    """(out, in, out', in'): the teacher weight's shape and the kept widths the chain maps between."""
+    out, inn = weight.shape
+    return out, inn, right.shape[0] if right is not None else out, left.shape[1] if left is not None else inn
+
+
+def _fold_costs(right, weight, left) -> tuple[int, int]:
+    """Multiply-adds of forming ``(R·W)·L`` and ``R·(W·L)`` (absent factors cost nothing)."""
+    out, inn, out_k, in_k = _shapes(right, weight, left)
+    has_r, has_l = right is not None, left is not None
+    rw_first = (out_k * out * inn if has_r else 0) + (out_k * inn * in_k if has_l else 0)
+    wl_first = (out * inn * in_k if has_l else 0) + (out_k * out * in_k if has_r else 0)
+    return rw_first, wl_first
+
+
+def fold_chain(right, weight, left, bias):
+    """``(R·W·L, R·b)`` with absent factors skipped, the two matrix products in the cheaper order."""
+    rw_first, wl_first = _fold_costs(right, weight, left)
+    if right is not None and left is not None:
+        weight = (right @ weight) @ left if rw_first <= wl_first else right @ (weight @ left)
+    elif left is not None:
+        weight = weight @ left
+    elif right is not None:
+        weight = right @ weight
+    if right is not None and bias is not None:
+        bias = right @ bias
+    return weight, bias
+
+
+def chain_costs(tokens: int, right, weight, left) -> dict[str, int]:
+    """Multiply-adds of the ways to compute ``R·(W·(L·x) + b)`` for `tokens` rows of x (forward; the backward
+    scales alike): fold every factor into one weight, apply each per token, or fold ``W·L`` / ``R·W`` and apply
+    the other compactor per token."""
+    out, inn, out_k, in_k = _shapes(right, weight, left)
+    has_r, has_l = right is not None, left is not None
+    costs = {
+        "fold": min(_fold_costs(right, weight, left)) + tokens * out_k * in_k,
+        "tokens": tokens * ((inn * in_k if has_l else 0) + out * inn + (out_k * out if has_r else 0)),
+    }
+    if has_r and has_l:
+        costs["fold_wl"] = out * inn * in_k + tokens * (out * in_k + out_k * out)
+        costs["fold_rw"] = out_k * out * inn + tokens * (inn * in_k + out_k * inn)
+    return costs
+
+
+def apply_chain(x: torch.Tensor, right, weight, left, bias) -> torch.Tensor:
+    """``R·(W·(L·x) + b)`` in the order `chain_costs` finds cheapest for this many tokens."""
+    tokens = x.numel() // x.shape[-1]
+    costs = chain_costs(tokens, right, weight, left)
+    plan = min(costs, key=costs.get)
+    if plan == "fold":
+        w, b = fold_chain(right, weight, left, bias)
+        return F.linear(x, w, b)
+    if plan == "fold_wl":
+        return F.linear(F.linear(x, weight @ left, bias), right)
+    if plan == "fold_rw":
+        return F.linear(F.linear(x, left), right @ weight, right @ bias if bias is not None else None)
+    if left is not None:
+        x = F.linear(x, left)
+    x = F.linear(x, weight, bias)
+    return F.linear(x, right) if right is not None else x
 
 
 class MaskedLayerNorm(_MaskUser):
@@ -165,8 +260,16 @@ class MaskedLayerNorm(_MaskUser):
             weight, bias = weight * m, bias * m
         return weight, bias
 
+    def student_weight_and_bias(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The kept entries of the weight and bias: the student's LayerNorm."""
+        kept = self._wid_masks.kept_index(self.group)
+        return self.base_layer.weight.index_select(0, kept), self.base_layer.bias.index_select(0, kept)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         masks, ln = self._wid_masks, self.base_layer
+        if masks.on_student_path:  # x holds the kept dims only
+            weight, bias = self.student_weight_and_bias()
+            return F.layer_norm(x, weight.shape, weight, bias, ln.eps)
         if masks.is_complete(self.group):
             return F.layer_norm(x, ln.normalized_shape, ln.weight, ln.bias, ln.eps)
         weight, bias = self.effective_weight_and_bias()
@@ -177,7 +280,8 @@ class MaskedLayerNorm(_MaskUser):
 
 class EmbeddingCompactor(_MaskUser):
     """Replaces ``embeddings.LayerNorm``: applies the H×H embedding compactor ``C`` to the summed word + position +
-    token-type embedding, then the masked LayerNorm of the hidden group. ``C`` writes the stream through its rows.
+    token-type embedding, then the masked LayerNorm of the hidden group. ``C`` writes the stream through its rows;
+    on the student path only its kept rows, so the stream leaves the embeddings at the student's width.
     """
 
     def __init__(self, base_layer: nn.LayerNorm, masks: WIDMasks, group: str):
@@ -197,9 +301,27 @@ class EmbeddingCompactor(_MaskUser):
             c = c * self._mask(self.group, c.dtype)[:, None]
         return c
 
+    def student_compactor(self) -> torch.Tensor:
+        """The kept rows of ``C`` (H'×H): they write the student's hidden dims."""
+        return self.compactor.index_select(0, self._wid_masks.kept_index(self.group))
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        c = self.effective_compactor()
+        c = self.student_compactor() if self._wid_masks.on_student_path else self.effective_compactor()
         return self.norm(F.linear(x, c))
+
+
+class StudentHeadSize:
+    """Forward pre-hook on each self-attention module under ``head_strategy="dim"``: on the student path the
+    query/key/value outputs hold A heads of h' kept dims, so they are split with h' instead of the teacher's h.
+    The attention scores keep the teacher's 1/sqrt(h) scale, as the full path computes them (the merge folds the
+    difference into the query; docs/method.md, "Heads"). Under ``"head"`` whole heads of h are kept and nothing
+    needs changing."""
+
+    def __init__(self, masks: WIDMasks, teacher_head_size: int, student_head_size: int):
+        self.masks, self.teacher, self.student = masks, teacher_head_size, student_head_size
+
+    def __call__(self, module: nn.Module, args) -> None:
+        module.attention_head_size = self.student if self.masks.on_student_path else self.teacher
 
 
 def _identity(n: int, like: torch.Tensor) -> nn.Parameter:

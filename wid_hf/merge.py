@@ -10,7 +10,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from .layer import EmbeddingCompactor, MaskedLayerNorm, WIDLinear
+from .layer import EmbeddingCompactor, MaskedLayerNorm, WIDLinear, fold_chain
 from .utils import student_config
 
 EMBEDDING_TABLES = ("word_embeddings", "position_embeddings", "token_type_embeddings")
@@ -19,10 +19,10 @@ EMBEDDING_TABLES = ("word_embeddings", "position_embeddings", "token_type_embedd
 def merged_state_dict(wid_model, progressbar: bool = True) -> dict[str, torch.Tensor]:
     """Tensors of the student, named as in the teacher, computed from the WID model's current state.
 
-    Every wrapper contributes through the same `effective_*` functions its forward uses, so the student computes
-    exactly what the compactor model computes once pruned entries are hard-masked.
+    Every wrapper contributes through the same `student_*` functions its forward uses on the student path, so the
+    student computes exactly what the compactor model computes once masks are hard.
     """
-    base, masks, cfg = wid_model.base_model, wid_model.masks, wid_model.wid_config
+    base, cfg = wid_model.base_model, wid_model.wid_config
     dims = wid_model.teacher_dims
     # "dim" keeps A heads of h' = T / A dims: the student scales scores by 1/sqrt(h') where training used
     # 1/sqrt(h), so the query absorbs sqrt(h'/h) (docs/method.md, "Heads"; the reference code omits this).
@@ -41,13 +41,7 @@ def merged_state_dict(wid_model, progressbar: bool = True) -> dict[str, torch.Te
     with torch.no_grad():
         for name, module in tqdm(wrappers, desc="Merging compactors", disable=not progressbar, leave=False):
             if isinstance(module, WIDLinear):
-                weight, bias = module.effective_weight_and_bias()
-                if module.out_group is not None:
-                    rows = masks.kept_index(module.out_group)
-                    weight = weight.index_select(0, rows)
-                    bias = bias.index_select(0, rows) if bias is not None else None
-                if module.in_group is not None:
-                    weight = weight.index_select(1, masks.kept_index(module.in_group))
+                weight, bias = fold_chain(*module.student_factors())
                 if name.endswith("attention.self.query") and query_scale != 1.0:
                     weight = weight * query_scale
                     bias = bias * query_scale if bias is not None else None
@@ -55,22 +49,19 @@ def merged_state_dict(wid_model, progressbar: bool = True) -> dict[str, torch.Te
                 if bias is not None:
                     state[f"{name}.bias"] = bias
             elif isinstance(module, EmbeddingCompactor):
-                kept = masks.kept_index(module.group)
-                c_kept = module.effective_compactor().index_select(0, kept)
+                c_kept = module.student_compactor()
                 parent = name.rsplit(".", 1)[0]
                 embeddings = base.get_submodule(parent)
                 for table in EMBEDDING_TABLES:
                     state[f"{parent}.{table}.weight"] = getattr(embeddings, table).weight @ c_kept.T
-                _put_norm(state, name, module.norm, kept)
+                _put_norm(state, name, module.norm)
             else:
-                _put_norm(state, name, module, masks.kept_index(module.group))
+                _put_norm(state, name, module)
     return {k: v.detach().clone().contiguous() for k, v in state.items()}
 
 
-def _put_norm(state: dict, name: str, module: MaskedLayerNorm, kept: torch.Tensor) -> None:
-    weight, bias = module.effective_weight_and_bias()
-    state[f"{name}.weight"] = weight.index_select(0, kept)
-    state[f"{name}.bias"] = bias.index_select(0, kept)
+def _put_norm(state: dict, name: str, module: MaskedLayerNorm) -> None:
+    state[f"{name}.weight"], state[f"{name}.bias"] = module.student_weight_and_bias()
 
 
 def build_student(wid_model, progressbar: bool = True) -> nn.Module:

@@ -25,7 +25,7 @@ from torch import nn
 
 from . import checkpoint, pruner
 from .config import TeacherDims, WIDConfig
-from .layer import EmbeddingCompactor, MaskedLayerNorm, WIDLinear, WIDMasks
+from .layer import EmbeddingCompactor, MaskedLayerNorm, StudentHeadSize, WIDLinear, WIDMasks
 from .mask_groups import MaskGroup
 from .merge import EMBEDDING_TABLES, build_student
 from .schedule import pruning_end_step
@@ -145,6 +145,11 @@ class WIDModel(nn.Module):
             )
         self._set_score_sources(model, prefix)
         self._embeddings_path = prefix + "embeddings"
+        if self.wid_config.head_strategy == "dim":
+            student_head = self.wid_config.target_hidden_size // dims.num_attention_heads
+            hook = StudentHeadSize(self.masks, dims.head_size, student_head)
+            for layer in model.get_submodule(prefix + "encoder.layer"):
+                layer.attention.self.register_forward_pre_hook(hook)
 
     def _replace(self, name: str, module: nn.Module, wrapper: str, in_g, out_g) -> None:
         parent_name, _, child = name.rpartition(".")
@@ -224,6 +229,28 @@ class WIDModel(nn.Module):
     @property
     def hard_masks_active(self) -> bool:
         return self.masks.is_hard
+
+    @property
+    def student_path(self) -> bool:
+        """Whether, once masks are hard, the model runs at the student's widths (default True): every layer reads
+        and writes only kept dims, so a training step costs about what the student's does, with the same outputs
+        and gradients as the full path (teacher-size products with masks multiplied in; set False to use it).
+        On the student path hidden states and attention projections come out at the kept widths
+        (`expand_to_teacher` puts them back at the teacher's, with zeros in pruned dims)."""
+        return self.masks.student_path
+
+    @student_path.setter
+    def student_path(self, value: bool) -> None:
+        self.masks.student_path = bool(value)
+
+    def expand_to_teacher(self, tensor: torch.Tensor, group: str = "hidden") -> torch.Tensor:
+        """A tensor whose last dim holds `group`'s kept dims (student path) at the group's full width, zeros in the
+        pruned dims: what the full path computes. Returned unchanged when it already has the full width."""
+        size = self.groups[group].size
+        if tensor.shape[-1] == size:
+            return tensor
+        full = tensor.new_zeros(*tensor.shape[:-1], size)
+        return full.index_copy(-1, self.masks.kept_index(group), tensor)
 
     def wid_step(self, step: int, optimizer: Optional[torch.optim.Optimizer] = None) -> None:
         """Everything WID does before optimizer step `step` (1-based: ``trainer.state.global_step + 1``), once the

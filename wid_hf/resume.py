@@ -136,10 +136,14 @@ class ExactResumeMixin:
 
 
 def resumable_trainer_class():
-    """`transformers.Trainer` with `ExactResumeMixin` (for plain training, e.g. the teacher's MLM warm-up)."""
+    """`transformers.Trainer` with `ExactResumeMixin` (for plain training, e.g. the teacher's MLM warm-up) and the
+    masked-LM loss at masked positions only (`wid_hf.mlm`)."""
     from transformers import Trainer
 
-    return type("ResumableTrainer", (ExactResumeMixin, Trainer), {"__doc__": "Trainer with exact, kill-safe resume."})
+    from .mlm import MaskedHeadLossMixin
+
+    return type("ResumableTrainer", (ExactResumeMixin, MaskedHeadLossMixin, Trainer),
+                {"__doc__": "Trainer with exact, kill-safe resume and the MLM head at masked positions only."})
 
 
 def save_pretrained_atomically(path: str, *objects) -> None:

@@ -22,12 +22,12 @@ from dataclasses import dataclass, field
 from typing import Optional
 
 import torch
-import torch.nn.functional as F
 from transformers import Trainer, TrainerCallback, TrainingArguments
 from transformers.utils import can_return_loss, find_labels
 
 from . import checkpoint
 from .config import WIDConfig
+from .mlm import masked_lm_loss
 from .model import WIDModel, get_wid_model
 from .resume import ExactResumeMixin
 from .schedule import GROUP_KINDS
@@ -158,21 +158,19 @@ class WIDTrainer(ExactResumeMixin, Trainer):
         return self.optimizer
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None, **kwargs):
-        if not self._is_mlm or "labels" not in inputs or self.label_smoother is not None or self.compute_loss_func:
+        if (not self._is_mlm or "labels" not in inputs or self.label_smoother is not None or self.compute_loss_func
+                or return_outputs):
+            # evaluation with outputs (full logits), other task heads, custom losses: Trainer's own path
             return super().compute_loss(model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch)
-        labels = inputs["labels"]
-        outputs = model(**{k: v for k, v in inputs.items() if k != "labels"})
-        logits = outputs.logits
-        loss = F.cross_entropy(
-            logits.view(-1, logits.shape[-1]).float(), labels.view(-1).to(logits.device), ignore_index=-100, reduction="sum"
-        )
+        # the MLM head at the masked positions only (wid_hf.mlm): the same loss, a fraction of the head's cost
+        loss, _ = masked_lm_loss(model, inputs, reduction="sum")
         if num_items_in_batch is None:
-            loss = loss / labels.ne(-100).sum().clamp(min=1)
+            loss = loss / inputs["labels"].ne(-100).sum().clamp(min=1)
         else:
             loss = loss / num_items_in_batch
             if self.args.average_tokens_across_devices and self.accelerator.num_processes > 1:
                 loss = loss * self.accelerator.num_processes  # DDP averages gradients; the count is global
-        return (loss, outputs) if return_outputs else loss
+        return loss
 
     # ------------------------------------------------------------------ logging
     def log(self, logs: dict[str, float], *args, **kwargs) -> None:

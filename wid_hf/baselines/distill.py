@@ -18,10 +18,20 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import Trainer
 
+from ..mlm import masked_lm_loss, mlm_head, mlm_head_at
 from ..resume import ExactResumeMixin
 from .etd import uniform_layers
 
 OBJECTIVES = ("mlm", "logit", "hidden", "attention_mse", "attention_kl")
+
+
+def _wid_model(model: nn.Module):
+    """The WIDModel inside `model` (through DDP wrappers), or None for a plain student."""
+    from ..model import WIDModel
+
+    while not isinstance(model, WIDModel) and isinstance(getattr(model, "module", None), nn.Module):
+        model = model.module
+    return model if isinstance(model, WIDModel) else None
 
 
 def _bert(model: nn.Module) -> nn.Module:
@@ -34,19 +44,22 @@ class _QKCapture:
     """Forward hooks that keep each layer's query and key projections (any attention implementation)."""
 
     def __init__(self, model: nn.Module):
+        # a WID student on its student path projects to kept dims only: put them back at the teacher's width
+        wid = _wid_model(model)
+        self.expand = (lambda t, i: wid.expand_to_teacher(t, f"attention_{i}")) if wid is not None else None
         self.q: dict[int, torch.Tensor] = {}
         self.k: dict[int, torch.Tensor] = {}
         self.handles = []
         for i, layer in enumerate(_bert(model).encoder.layer):
             attn = layer.attention.self
-            self.handles.append(attn.query.register_forward_hook(self._keep(self.q, i)))
-            self.handles.append(attn.key.register_forward_hook(self._keep(self.k, i)))
+            self.handles.append(attn.query.register_forward_hook(self._keep(self.q, i, self.expand)))
+            self.handles.append(attn.key.register_forward_hook(self._keep(self.k, i, self.expand)))
         self.heads = _bert(model).config.num_attention_heads
 
     @staticmethod
-    def _keep(store, i):
+    def _keep(store, i, expand=None):
         def hook(module, inputs, output):
-            store[i] = output
+            store[i] = expand(output, i) if expand is not None else output
 
         return hook
 
@@ -118,22 +131,34 @@ class DistillationTrainer(ExactResumeMixin, Trainer):
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None, **kwargs):
         need_hidden = self.objective == "hidden"
-        outputs = model(**inputs, output_hidden_states=need_hidden)
-        hard = outputs.loss
+        labels = inputs.get("labels")
+        # training: the MLM head at the masked positions only (wid_hf.mlm; the same loss, a fraction of the cost)
+        masked_only = labels is not None and not return_outputs and mlm_head(model) is not None
+        if masked_only:
+            hard, outputs = masked_lm_loss(model, inputs, output_hidden_states=need_hidden)
+        else:
+            outputs = model(**inputs, output_hidden_states=need_hidden)
+            hard = outputs.loss
         if self.objective == "mlm":
             return (hard, outputs) if return_outputs else hard
+        teacher_inputs = {k: v for k, v in inputs.items() if k != "labels"}
         with torch.no_grad():
-            teacher_inputs = {k: v for k, v in inputs.items() if k != "labels"}
-            teacher_out = self.teacher(**teacher_inputs, output_hidden_states=need_hidden)
-        labels = inputs.get("labels")
+            if masked_only and self.objective == "logit":
+                with mlm_head_at(self.teacher, labels != -100):
+                    teacher_out = self.teacher(**teacher_inputs)
+            else:
+                teacher_out = self.teacher(**teacher_inputs, output_hidden_states=need_hidden)
         if self.objective == "logit":
-            picked = labels != -100 if labels is not None else torch.ones(outputs.logits.shape[:-1], dtype=torch.bool,
-                                                                           device=outputs.logits.device)
+            student_logits, teacher_logits = outputs.logits, teacher_out.logits
+            if not masked_only:
+                picked = labels != -100 if labels is not None else torch.ones(
+                    student_logits.shape[:-1], dtype=torch.bool, device=student_logits.device)
+                student_logits, teacher_logits = student_logits[picked], teacher_logits[picked]
             t = self.temperature
-            kd = F.kl_div(F.log_softmax(outputs.logits[picked] / t, -1), F.softmax(teacher_out.logits[picked] / t, -1),
+            kd = F.kl_div(F.log_softmax(student_logits / t, -1), F.softmax(teacher_logits / t, -1),
                           reduction="batchmean") * t * t
         elif self.objective == "hidden":
-            student_states = outputs.hidden_states[1:]
+            student_states = [self._full_width(s) for s in outputs.hidden_states[1:]]
             teacher_states = teacher_out.hidden_states[1:]
             kd = sum(F.mse_loss(self._project(s), teacher_states[j]) for s, j in zip(student_states, self.layer_map))
             kd = kd / len(self.layer_map)
@@ -159,6 +184,12 @@ class DistillationTrainer(ExactResumeMixin, Trainer):
 
     def _project(self, state: torch.Tensor) -> torch.Tensor:
         return self.projection(state) if self.projection is not None else state
+
+    def _full_width(self, state: torch.Tensor, group: str = "hidden") -> torch.Tensor:
+        """A WID student on its student path (hard masks) emits kept dims only; compare at the teacher's width,
+        zeros in pruned dims, exactly as the full path does."""
+        wid = _wid_model(self.model)
+        return wid.expand_to_teacher(state, group) if wid is not None else state
 
 
 def _wid_distillation_trainer():

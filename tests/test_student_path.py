@@ -1,0 +1,159 @@
+"""Training cost without changing the method: the student path under hard masks (every layer at the student's
+widths) and the MLM head at masked positions only must train exactly as the full path and the full head do."""
+
+import copy
+import os
+
+import pytest
+import torch
+import torch.nn.functional as F
+from conftest import perturb_compactors, random_batch, tiny_teacher
+from test_trainer import final_state, make_trainer
+from transformers import BertForMaskedLM
+
+import wid_hf.layer as layer
+from wid_hf import WIDConfig, get_wid_model
+from wid_hf.mlm import masked_lm_loss, mlm_head_at
+
+SHAPE = dict(target_hidden_size=24, target_intermediate_size=40, mask_interval=2, pruning_intervals=2)
+
+
+def mlm_batch(seed=1, vocab=120):
+    batch = random_batch(seed=seed, vocab=vocab)
+    g = torch.Generator().manual_seed(seed + 100)
+    labels = batch["input_ids"].clone()
+    labels[torch.rand(labels.shape, generator=g) > 0.3] = -100
+    labels[batch["attention_mask"] == 0] = -100
+    return {**batch, "labels": labels}
+
+
+def hard_wid(strategy):
+    model = get_wid_model(tiny_teacher(), WIDConfig(head_strategy=strategy, **SHAPE))
+    perturb_compactors(model, scale=0.05)
+    model.finalize_masks()
+    return model.train()
+
+
+def train_steps(model, steps=5):
+    """What WIDTrainer does per optimizer step: masked-LM loss, clipping, WID's step, AdamW (its epsilon 1e-6)."""
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.01, eps=1e-6)
+    for step in range(1, steps + 1):
+        optimizer.zero_grad()
+        loss, _ = masked_lm_loss(model, mlm_batch(seed=step))
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        model.wid_step(10_000 + step, optimizer)
+        optimizer.step()
+    return model
+
+
+@pytest.mark.parametrize("strategy", ["dim", "head"])
+def test_student_path_trains_exactly_like_the_full_path(strategy):
+    student_path = hard_wid(strategy)
+    full_path = copy.deepcopy(student_path)
+    full_path.student_path = False
+    batch = {k: v for k, v in mlm_batch().items() if k != "labels"}
+    with torch.no_grad():  # the student path runs at the student's widths...
+        hidden = student_path.base_model.bert(**batch).last_hidden_state
+    assert hidden.shape[-1] == 24
+
+    train_steps(student_path)
+    train_steps(full_path)
+    # ...and every parameter, mask and the merged student end up the same
+    for (name, a), (_, b) in zip(student_path.named_parameters(), full_path.named_parameters()):
+        assert (a - b).abs().max() <= 1e-6, name
+    assert all(torch.equal(student_path.masks.get(g), full_path.masks.get(g)) for g in student_path.groups)
+    merged_a = student_path.merge_and_unload(progressbar=False).state_dict()
+    merged_b = full_path.merge_and_unload(progressbar=False).state_dict()
+    for name, value in merged_a.items():
+        assert (value - merged_b[name]).abs().max() <= 1e-6, name
+
+
+@pytest.mark.parametrize("plan", ["fold", "tokens", "fold_wl", "fold_rw"])
+def test_every_product_order_computes_the_same(monkeypatch, plan):
+    model = hard_wid("dim")
+    batch = {k: v for k, v in mlm_batch().items() if k != "labels"}
+    with torch.no_grad():
+        expected = model(**batch).logits
+    real = layer.chain_costs
+    monkeypatch.setattr(layer, "chain_costs", lambda *a: {k: int(k != plan) for k in real(*a)})
+    with torch.no_grad():
+        got = model(**batch).logits
+    assert (got - expected).abs().max() <= 1e-5
+
+
+def test_the_cheapest_order_is_chosen():
+    # the decoder at a few masked positions: per token beats forming a vocabulary-sized weight
+    decoder = layer.chain_costs(150, None, torch.empty(30522, 384), torch.empty(384, 192))
+    assert min(decoder, key=decoder.get) == "tokens"
+    # a half-width BERT-base layer at 8x128 tokens: fold R'·W·L' once, then the student-sized product
+    dense = layer.chain_costs(1024, torch.empty(384, 768), torch.empty(768, 768), torch.empty(768, 384))
+    assert min(dense, key=dense.get) == "fold"
+
+
+@pytest.mark.parametrize("which", ["plain", "wid-soft", "wid-hard"])
+def test_masked_positions_only_head_gives_the_same_loss_and_gradients(which):
+    if which == "plain":
+        model = tiny_teacher().train()
+    else:
+        model = get_wid_model(tiny_teacher(), WIDConfig(**SHAPE)).train()
+        perturb_compactors(model, scale=0.05)
+        model.update_masks(4) if which == "wid-soft" else model.finalize_masks()
+    batch = mlm_batch()
+    reference = model(**batch).loss
+    reference.backward()
+    expected = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    model.zero_grad()
+    loss, outputs = masked_lm_loss(model, batch)
+    loss.backward()
+    assert outputs.logits.shape == (int((batch["labels"] != -100).sum()), 120)
+    assert abs(loss.item() - reference.item()) <= 1e-6
+    for name, grad in expected.items():
+        assert (grad - dict(model.named_parameters())[name].grad).abs().max() <= 1e-6, name
+
+
+def test_mlm_head_at_is_undone_and_refuses_models_without_a_head():
+    model = tiny_teacher()
+    batch = {k: v for k, v in mlm_batch().items() if k != "labels"}
+    with mlm_head_at(model, torch.zeros(3, 12, dtype=torch.bool).index_fill_(1, torch.tensor([2]), True)):
+        assert model(**batch).logits.shape == (3, 120)
+    assert model(**batch).logits.shape == (3, 12, 120)
+    with pytest.raises(TypeError, match="no BERT masked-LM head"):
+        with mlm_head_at(model.bert, torch.ones(3, 12, dtype=torch.bool)):
+            pass
+
+
+def test_held_out_loss_is_the_full_heads():
+    from datasets import Dataset
+
+    from wid_hf.evaluation import evaluate_mlm
+
+    model = tiny_teacher()
+    batch = mlm_batch()
+    got = evaluate_mlm(model, Dataset.from_dict({k: v.tolist() for k, v in batch.items()}), progressbar=False)
+    with torch.no_grad():  # evaluate_mlm feeds input ids and the attention mask
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    picked = batch["labels"] != -100
+    assert abs(got["mlm_loss"] - F.cross_entropy(logits[picked], batch["labels"][picked]).item()) <= 1e-5
+
+
+def test_resume_mid_hard_phase_is_exact(tmp_path):
+    # FAST schedule of test_trainer: hard masks from step 10 of 16; checkpoint at 12, inside the hard phase
+    full = make_trainer(tmp_path / "a", save_strategy="steps", save_steps=12)
+    full.train()
+    assert full.wid_model.masks.is_hard and full.wid_model.student_path
+    expected = final_state(full)
+    checkpoint = tmp_path / "a" / "out" / "checkpoint-12"
+    assert os.path.isfile(checkpoint / "wid_model.safetensors")
+    resumed = make_trainer(tmp_path / "a", save_strategy="steps", save_steps=12)
+    resumed.train(resume_from_checkpoint=str(checkpoint))
+    got = final_state(resumed)
+    for name, value in expected.items():
+        assert torch.allclose(value.float(), got[name].float(), atol=1e-6, rtol=0), name
+
+
+def test_a_plain_student_is_untouched_by_the_hook():
+    student = BertForMaskedLM(tiny_teacher().config)
+    assert not student.cls._forward_pre_hooks
+    loss, _ = masked_lm_loss(student, mlm_batch())
+    assert not student.cls._forward_pre_hooks and torch.isfinite(loss)
