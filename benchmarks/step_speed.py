@@ -1,12 +1,18 @@
-"""Training-step time and peak memory of a WID model against the plain teacher, measured in the same run.
+"""What a training step costs: plain teacher, plain student, WID while pruning and WID under hard masks, before and
+after the cost work (the student path, the MLM head at masked positions only), with projected full-schedule times.
 
-Each measurement runs in its own Python process (so peak RSS is that configuration's alone), on the same random
-batch, same thread count. Reported as ratios WID / plain; absolute seconds are for this machine only.
+Every configuration runs in its own Python process (so peak RSS is that configuration's alone: model, gradients,
+AdamW state and activations), on the same random batch and thread count; the step time is the median of
+`--repeats` optimizer steps after one warm-up step; FLOPs of one step (forward + backward) are counted with
+`torch.utils.flop_counter`. Ratios are to the plain teacher measured in the same run.
 
-    python benchmarks/step_speed.py                      # BERT-base shape, batches 8x128 and 32x128
-    python benchmarks/step_speed.py --shape minilm --batches 32 --repeats 5
+    python benchmarks/step_speed.py                                  # BERT-base and MiniLM shapes, 8x128 and 32x128
+    python benchmarks/step_speed.py --shapes minilm --batches 8 --repeats 5
+    python benchmarks/step_speed.py --device cuda --dtype bf16       # on a GPU machine: CUDA, bf16 autocast
 
-Writes benchmarks/results/step_speed.{json,md}.
+"before" rows are the code as it was: the full path under hard masks (teacher-size R·W·L products, masks
+multiplied in) and the MLM head at every position (transformers' own loss). Writes
+benchmarks/results/step_speed.{json,md}.
 """
 
 from __future__ import annotations
@@ -20,79 +26,225 @@ import subprocess
 import sys
 import time
 
+HERE = os.path.dirname(os.path.abspath(__file__))
 SHAPES = {
     "base": dict(hidden_size=768, num_attention_heads=12, intermediate_size=3072, num_hidden_layers=12),
     "minilm": dict(hidden_size=384, num_attention_heads=12, intermediate_size=1536, num_hidden_layers=6),
     "tiny": dict(hidden_size=48, num_attention_heads=4, intermediate_size=96, num_hidden_layers=2),  # CI smoke
 }
-HERE = os.path.dirname(os.path.abspath(__file__))
+TARGETS = {"half": None, "wid11": (192, 768)}  # half: half hidden, half FFN; WID55 (516/2064) lies between them
+REFERENCE_TOTAL_STEPS = 400_000  # the paper's schedule (WID_SPEC: pruning ends at step 8,000 of 400,000)
+BUDGET_STEPS = (120, 600, 1500)  # the quality benchmark's sweep (MiniLM teacher, 8x128)
+
+
+def target_widths(shape: str, target: str) -> tuple[int, int]:
+    if TARGETS[target] is None:
+        return SHAPES[shape]["hidden_size"] // 2, SHAPES[shape]["intermediate_size"] // 2
+    return TARGETS[target]
+
+
+def plan(shapes, batches) -> list[dict]:
+    """The configurations to measure: (mode, target, before) per shape and batch."""
+    runs = []
+    for shape in shapes:
+        targets = ["half", "wid11"] if shape == "base" else ["half"]
+        for batch in batches:
+            common = dict(shape=shape, batch=batch)
+            runs += [dict(common, mode="teacher", target="half", before=True),
+                     dict(common, mode="teacher", target="half", before=False)]
+            runs += [dict(common, mode="student", target=t, before=False) for t in targets]
+            runs += [dict(common, mode="wid-pruning", target="half", before=b) for b in (True, False)]
+            # the full path ("before") forms teacher-size products whatever the target: measured at half width only
+            runs += [dict(common, mode="wid-hard", target="half", before=True)]
+            runs += [dict(common, mode="wid-hard", target=t, before=False) for t in targets]
+    return runs
 
 
 def worker(args) -> dict:
     import torch
+    from torch.utils.flop_counter import FlopCounterMode
     from transformers import BertConfig, BertForMaskedLM
 
     sys.path.insert(0, os.path.dirname(HERE))
     from wid_hf import WIDConfig, get_wid_model
+    from wid_hf.mlm import masked_lm_loss
+    from wid_hf.utils import student_config
 
     torch.manual_seed(0)
+    device = torch.device(args.device)
     config = BertConfig(vocab_size=30522, **SHAPES[args.shape])
-    model = BertForMaskedLM(config)
-    if args.mode != "plain":
-        model = get_wid_model(model, WIDConfig(target_ratio=0.5, mask_interval=1, pruning_intervals=2))
-        if args.mode == "wid-pruning":  # masks partly grown: the masked LayerNorm path is active
+    hidden, ffn = target_widths(args.shape, args.target)
+    if args.mode == "teacher":
+        model = BertForMaskedLM(config)
+    elif args.mode == "student":
+        model = BertForMaskedLM(student_config(config, hidden, ffn))  # head_strategy "dim": the teacher's head count
+    else:
+        model = get_wid_model(BertForMaskedLM(config), WIDConfig(target_hidden_size=hidden, target_intermediate_size=ffn,
+                                                                 mask_interval=1, pruning_intervals=2))
+        if args.mode == "wid-pruning":  # masks partly grown, soft: the masked LayerNorm path is active
             model.update_masks(1)
-        elif args.mode == "wid-hard":
+        else:
             model.finalize_masks()
-    model.train()
+            model.student_path = not args.before
+    model.to(device).train()
     g = torch.Generator().manual_seed(0)
     ids = torch.randint(1000, 30522, (args.batch, args.seq), generator=g)
     labels = torch.full_like(ids, -100)
     pick = torch.rand(ids.shape, generator=g) < 0.15
     labels[pick] = ids[pick]
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-5)
+    batch = {"input_ids": ids.to(device), "labels": labels.to(device)}
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5)
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.dtype == "bf16")
+
+    def forward_backward():
+        with autocast:
+            loss = model(**batch).loss if args.before else masked_lm_loss(model, batch)[0]
+        loss.backward()
 
     def step():
-        opt.zero_grad(set_to_none=True)
-        loss = model(input_ids=ids, labels=labels).loss
-        loss.backward()
-        opt.step()
+        optimizer.zero_grad(set_to_none=True)
+        forward_backward()
+        optimizer.step()
 
-    step()  # warm-up (allocations, optimizer state)
+    def sync():
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+
+    step()  # warm-up: allocations, AdamW state
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
     times = []
     for _ in range(args.repeats):
+        sync()
         t0 = time.perf_counter()
         step()
+        sync()
         times.append(time.perf_counter() - t0)
     result = {"step_s": statistics.median(times), "times": times}
-    if args.mode != "plain":
-        # what the compactors alone cost: forming every effective weight R·W·L and its backward
-        from wid_hf.layer import EmbeddingCompactor, WIDLinear
-
-        wrappers = [m for m in model.modules() if isinstance(m, WIDLinear)]
-        embeds = [m for m in model.modules() if isinstance(m, EmbeddingCompactor)]
-        t = []
-        for _ in range(args.repeats):
-            t0 = time.perf_counter()
-            total = sum(m.effective_weight_and_bias()[0].sum() for m in wrappers)
-            total = total + sum(m.effective_compactor().sum() for m in embeds)
-            total.backward()
-            t.append(time.perf_counter() - t0)
-        result["effective_weights_s"] = statistics.median(t)
-    result["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    if device.type == "cuda":
+        result["peak_mib"] = torch.cuda.max_memory_allocated() / 2**20
+    else:
+        result["peak_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    optimizer.zero_grad(set_to_none=True)
+    counter = FlopCounterMode(display=False)
+    with counter:
+        forward_backward()
+    result["gflop"] = counter.get_total_flops() / 1e9
     return result
+
+
+def projections(rows: list[dict]) -> list[dict]:
+    """Wall time of whole schedules from the measured step costs: the reference WID11 schedule at BERT-base shape
+    (the full path's cost does not depend on the target, so "before" uses the half-width measurement), and the
+    quality benchmark's budget-mode runs (MiniLM, 8x128); before and after."""
+    sys.path.insert(0, os.path.dirname(HERE))
+    from wid_hf.config import TeacherDims, WIDConfig
+    from wid_hf.schedule import pruning_end_step
+
+    def cost(shape, batch, mode, target, before):
+        for r in rows:
+            if (r["shape"], r["batch"], r["mode"], r["target"], r["before"]) == (shape, batch, mode, target, before):
+                return r["step_s"]
+        return None
+
+    kinds = {"hidden", "attention", "ffn", "head"}
+    out = []
+    for preset in ("wid11",):
+        dims = TeacherDims(768, 3072, 12)
+        config = WIDConfig.from_preset(preset).resolve(dims)
+        hard_step = pruning_end_step(config, dims, kinds) + config.mask_interval
+        for batch in (8, 32):
+            entry = {"run": f"{preset.upper()} reference schedule ({REFERENCE_TOTAL_STEPS:,} steps, BERT-base, {batch}x128)",
+                     "hard_mask_step": hard_step, "total_steps": REFERENCE_TOTAL_STEPS}
+            for label, before in (("before", True), ("after", False)):
+                prune = cost("base", batch, "wid-pruning", "half", before)
+                hard = cost("base", batch, "wid-hard", "half" if before else preset, before)
+                if prune is not None and hard is not None:
+                    entry[label] = hard_step * prune + (REFERENCE_TOTAL_STEPS - hard_step) * hard
+            teacher = cost("base", batch, "teacher", "half", True)
+            if teacher is not None:
+                entry["plain_teacher"] = REFERENCE_TOTAL_STEPS * teacher
+            if "before" in entry:
+                out.append(entry)
+    dims = TeacherDims(384, 1536, 12)
+    for steps in BUDGET_STEPS:
+        config = WIDConfig.for_budget(steps, target_hidden_size=192, target_intermediate_size=768).resolve(dims)
+        hard_step = pruning_end_step(config, dims, kinds) + config.mask_interval
+        entry = {"run": f"budget mode, {steps} steps (MiniLM 384->192, 8x128; the quality benchmark)",
+                 "hard_mask_step": hard_step, "total_steps": steps}
+        for label, before in (("before", True), ("after", False)):
+            prune, hard = cost("minilm", 8, "wid-pruning", "half", before), cost("minilm", 8, "wid-hard", "half", before)
+            if prune is not None and hard is not None:
+                entry[label] = hard_step * prune + (steps - hard_step) * hard
+        student = cost("minilm", 8, "student", "half", False)
+        if student is not None:
+            entry["plain_student"] = steps * student
+        if "before" in entry:
+            out.append(entry)
+    return out
+
+
+def _hours(seconds: float) -> str:
+    return f"{seconds / 3600:,.1f} h" if seconds >= 3600 else f"{seconds / 60:,.1f} min"
+
+
+def write_results(rows, meta, out_dir, name) -> str:
+    lines = [
+        "| shape | batch | run | target | s/step | × teacher | × teacher (masked head) | GFLOP/step | FLOP ratio | "
+        "share of FLOP bound | peak MiB | × teacher memory |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        same = [t for t in rows if (t["shape"], t["batch"], t["mode"]) == (r["shape"], r["batch"], "teacher")]
+        teacher = next(t for t in same if t["before"])
+        teacher_masked = next((t for t in same if not t["before"]), teacher)
+        flop_ratio = r["gflop"] / teacher["gflop"]
+        time_ratio = r["step_s"] / teacher["step_s"]
+        label = r["mode"] + (" (before)" if r["before"] else "")
+        target = "-" if r["mode"] == "teacher" else "x".join(map(str, target_widths(r["shape"], r["target"])))
+        lines.append(
+            f"| {r['shape']} | {r['batch']}x{r['seq']} | {label} | {target} | {r['step_s']:.2f} | {time_ratio:.2f} | "
+            f"{r['step_s'] / teacher_masked['step_s']:.2f} | {r['gflop']:.0f} | {flop_ratio:.2f} | "
+            f"{flop_ratio / time_ratio:.0%} | {r['peak_mib']:.0f} | {r['peak_mib'] / teacher['peak_mib']:.2f} |"
+        )
+    proj = projections(rows)
+    plines = ["| run | hard masks at | before | after | speed-up | for reference |", "|---|---|---|---|---|---|"]
+    for p in proj:
+        ref = (f"plain teacher {_hours(p['plain_teacher'])}" if "plain_teacher" in p
+               else f"plain student {_hours(p['plain_student'])}" if "plain_student" in p else "")
+        after = p.get("after")
+        plines.append(f"| {p['run']} | step {p['hard_mask_step']:,} | {_hours(p['before'])} | "
+                      f"{_hours(after) if after else '-'} | {p['before'] / after:.2f}× | {ref} |" if after else
+                      f"| {p['run']} | step {p['hard_mask_step']:,} | {_hours(p['before'])} | - | - | {ref} |")
+    text = (f"Measured {time.strftime('%Y-%m-%d')} on {meta}.\n\n"
+            "× teacher: step time over the plain teacher's (transformers' own MLM loss, head at every position), "
+            "measured in the same run. FLOP ratio: the same for counted FLOPs; share of FLOP bound = FLOP ratio / "
+            "time ratio (100%: the run is exactly as fast as its FLOPs allow, relative to the teacher). Peak memory: "
+            "max RSS of the process on CPU (weights, gradients, AdamW state, activations), max allocated on CUDA.\n\n"
+            + "\n".join(lines) + "\n\nProjected wall time of whole schedules on this machine, from the step costs above "
+            "(steps before hard masks at the pruning cost, the rest at the hard-mask cost):\n\n" + "\n".join(plines) + "\n")
+    with open(os.path.join(out_dir, f"{name}.md"), "w") as f:
+        f.write(text)
+    with open(os.path.join(out_dir, f"{name}.json"), "w") as f:
+        json.dump({"meta": meta, "rows": rows, "projections": proj}, f, indent=2)
+    return text
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--shape", choices=sorted(SHAPES), default="base")
+    parser.add_argument("--shapes", nargs="+", choices=sorted(SHAPES), default=["base", "minilm"])
     parser.add_argument("--batches", type=int, nargs="+", default=[8, 32])
     parser.add_argument("--seq", type=int, default=128)
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--modes", nargs="+", default=["plain", "wid", "wid-pruning", "wid-hard"])
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32", help="bf16: autocast")
     parser.add_argument("--out", default=os.path.join(HERE, "results"))
+    parser.add_argument("--name", default=None, help="results file name (default step_speed[_<device>_<dtype>])")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
-    parser.add_argument("--mode", default="plain", help=argparse.SUPPRESS)
+    parser.add_argument("--shape", default="base", help=argparse.SUPPRESS)
+    parser.add_argument("--mode", default="teacher", help=argparse.SUPPRESS)
+    parser.add_argument("--target", default="half", help=argparse.SUPPRESS)
+    parser.add_argument("--before", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--batch", type=int, default=8, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
@@ -101,41 +253,41 @@ def main():
 
     import torch
 
-    rows = []
-    for batch in args.batches:
-        row = {"shape": args.shape, "batch": batch, "seq": args.seq}
-        for mode in args.modes:
-            cmd = [sys.executable, __file__, "--worker", "--mode", mode, "--batch", str(batch),
-                   "--shape", args.shape, "--seq", str(args.seq), "--repeats", str(args.repeats)]
-            out = subprocess.run(cmd, capture_output=True, text=True, check=True)
-            row[mode] = json.loads(out.stdout.strip().splitlines()[-1])
-            print(f"{args.shape} {batch}x{args.seq} {mode}: {row[mode]['step_s']:.2f} s/step, "
-                  f"peak {row[mode]['peak_rss_mib']:.0f} MiB", flush=True)
-        rows.append(row)
-
     os.makedirs(args.out, exist_ok=True)
+    name = args.name or ("step_speed" if args.device == "cpu" else f"step_speed_{args.device}_{args.dtype}")
+    partial = os.path.join(args.out, f"{name}.partial.jsonl")  # a killed run resumes from the rows it measured
+    done = []
+    if os.path.isfile(partial):
+        with open(partial) as f:
+            done = [json.loads(line) for line in f if line.strip()]
+    rows = []
+    for run in plan(args.shapes, args.batches):
+        previous = next((r for r in done if all(r[k] == v for k, v in run.items()) and r["seq"] == args.seq), None)
+        if previous is not None:
+            rows.append(previous)
+            continue
+        cmd = [sys.executable, __file__, "--worker", "--mode", run["mode"], "--batch", str(run["batch"]),
+               "--shape", run["shape"], "--target", run["target"], "--seq", str(args.seq),
+               "--repeats", str(args.repeats), "--device", args.device, "--dtype", args.dtype]
+        if run["before"]:
+            cmd.append("--before")
+        out = subprocess.run(cmd, capture_output=True, text=True)
+        if out.returncode != 0:
+            raise SystemExit(f"{' '.join(cmd)} failed:\n{out.stderr[-3000:]}")
+        result = json.loads(out.stdout.strip().splitlines()[-1])
+        rows.append({**run, "seq": args.seq, **result})
+        with open(partial, "a") as f:
+            f.write(json.dumps(rows[-1]) + "\n")
+        print(f"{run['shape']} {run['batch']}x{args.seq} {run['mode']}{' (before)' if run['before'] else ''} "
+              f"[{run['target']}]: {result['step_s']:.2f} s/step, {result['gflop']:.0f} GFLOP, "
+              f"peak {result['peak_mib']:.0f} MiB", flush=True)
+
     meta = {"torch": torch.__version__, "threads": torch.get_num_threads(), "cpu_count": os.cpu_count(),
-            "device": "cpu", "repeats": args.repeats}
-    with open(os.path.join(args.out, f"step_speed_{args.shape}.json"), "w") as f:
-        json.dump({"meta": meta, "rows": rows}, f, indent=2)
-    lines = [
-        "| shape | batch | mode | s/step | WID/plain time | compactor R·W·L share | peak RSS MiB | WID/plain memory |",
-        "|---|---|---|---|---|---|---|---|",
-    ]
-    for row in rows:
-        plain = row["plain"]
-        for mode in args.modes:
-            r = row[mode]
-            share = f"{r['effective_weights_s'] / r['step_s']:.0%}" if "effective_weights_s" in r else "-"
-            lines.append(
-                f"| {row['shape']} | {row['batch']}x{row['seq']} | {mode} | {r['step_s']:.2f} | "
-                f"{r['step_s'] / plain['step_s']:.2f} | {share} | {r['peak_rss_mib']:.0f} | "
-                f"{r['peak_rss_mib'] / plain['peak_rss_mib']:.2f} |"
-            )
-    table = "\n".join(lines)
-    with open(os.path.join(args.out, f"step_speed_{args.shape}.md"), "w") as f:
-        f.write(f"Measured {time.strftime('%Y-%m-%d')} on {meta}\n\n{table}\n")
-    print(table)
+            "device": args.device, "dtype": args.dtype, "repeats": args.repeats}
+    if args.device.startswith("cuda"):
+        meta["gpu"] = torch.cuda.get_device_name()
+    print(write_results(rows, meta, args.out, name))
+    os.remove(partial)
 
 
 if __name__ == "__main__":

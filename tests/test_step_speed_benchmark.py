@@ -11,12 +11,16 @@ from conftest import ROOT
 
 @pytest.mark.slow
 def test_step_speed_benchmark_smoke(tmp_path):
-    cmd = [sys.executable, os.path.join(ROOT, "benchmarks", "step_speed.py"), "--shape", "tiny", "--batches", "2",
-           "--seq", "16", "--repeats", "1", "--out", str(tmp_path)]
+    cmd = [sys.executable, os.path.join(ROOT, "benchmarks", "step_speed.py"), "--shapes", "tiny", "--batches", "2",
+           "--seq", "16", "--repeats", "1", "--out", str(tmp_path), "--name", "speed"]
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env={**os.environ, "PYTHONPATH": ROOT})
     assert out.returncode == 0, out.stderr[-3000:]
-    rows = json.loads((tmp_path / "step_speed_tiny.json").read_text())["rows"]
-    assert {"plain", "wid", "wid-pruning", "wid-hard"} <= set(rows[0])
-    assert all(rows[0][m]["step_s"] > 0 and rows[0][m]["peak_rss_mib"] > 0 for m in ("plain", "wid"))
-    assert "effective_weights_s" in rows[0]["wid"]
-    assert "| tiny | 2x16 | wid |" in (tmp_path / "step_speed_tiny.md").read_text()
+    rows = json.loads((tmp_path / "speed.json").read_text())["rows"]
+    runs = {(r["mode"], r["before"]) for r in rows}
+    assert runs == {("teacher", True), ("teacher", False), ("student", False), ("wid-pruning", True),
+                    ("wid-pruning", False), ("wid-hard", True), ("wid-hard", False)}
+    assert all(r["step_s"] > 0 and r["peak_mib"] > 0 and r["gflop"] > 0 for r in rows)
+    hard = {r["before"]: r["gflop"] for r in rows if r["mode"] == "wid-hard"}
+    assert hard[False] < hard[True]  # the student path and the masked-position head do less work
+    table = (tmp_path / "speed.md").read_text()
+    assert "| tiny | 2x16 | wid-hard (before) | 24x48 |" in table and "| tiny | 2x16 | wid-hard | 24x48 |" in table
