@@ -65,6 +65,10 @@ def run_cli(argv, capsys):
 def test_compress_merge_evaluate(workspace, capsys):
     code, out, err = run_cli(compress_args(workspace), capsys)
     assert code == 0, err
+    # --no-progress: no bar from any library (loading/writing weights, dataset maps, training), no load reports;
+    # what is left fits on one screen
+    assert "%|" not in err and "it/s]" not in err and "Loading weights" not in err, err
+    assert len((out + err).splitlines()) <= 24, out + err
     job = workspace["dir"] / "out"
     for name in ("report.json", "report.md", "training.png", "schedule.png", "student/config.json",
                  "student/model.safetensors", "job.json"):

@@ -239,8 +239,19 @@ def test_plots_are_written(tmp_path):
         {"step": s, "loss": 5.0 - 0.1 * s, "wid/kept_hidden": 48 - 4 * min(s // 2, 6), "wid/kept_ffn": 96 - 7 * min(s // 2, 8),
          "wid/hard_masks": float(s >= 10)} for s in range(1, 17)
     ] + [{"step": 8, "eval_loss": 4.5}]
+    dims = TeacherDims(48, 96, 4)
+    config = WIDConfig(**FAST).resolve(dims)
     for path in (plot_training(history, tmp_path / "run.png", title="tiny"),
+                 plot_training(history, tmp_path / "run2.png", config=config, dims=dims, teacher_loss=4.2),
                  plot_schedule(WIDConfig.from_preset("wid11"), TeacherDims(768, 3072, 12), tmp_path / "plan.png")):
         with open(path, "rb") as f:
             assert f.read(8) == b"\x89PNG\r\n\x1a\n"
         assert os.path.getsize(path) > 10_000
+    # widths from the schedule at every step, one line for kinds that prune alike (hidden = attention)
+    from wid_hf.plotting import _width_series
+    from wid_hf.schedule import kept_sizes
+
+    logged = {k: [(1, 0)] for k in ("hidden", "attention", "ffn")}
+    series = _width_series(logged, config, dims, 16)
+    assert set(series) == {("hidden", "attention"), ("ffn",)}
+    assert series[("ffn",)][10] == (10, kept_sizes(config, dims, 10)["ffn"]) and len(series[("ffn",)]) == 17

@@ -320,6 +320,27 @@ def cmd_prepare_teacher(args) -> int:
     return 0
 
 
+def quiet_libraries(progress: bool = True) -> None:
+    """What the libraries print that a user of the command line cannot act on: transformers' load reports and
+    tokenizer length notes (the corpus is chunked after tokenising), datasets' and huggingface_hub's info lines,
+    the pin_memory note on machines without a GPU. wid_hf's own warnings stay. With ``progress=False`` every
+    library's progress bars go too (loading and writing weights, dataset maps, downloads). ``--debug`` keeps all."""
+    import warnings
+
+    import datasets
+    import huggingface_hub.utils
+    from transformers.utils import logging as transformers_logging
+
+    transformers_logging.set_verbosity_error()
+    datasets.utils.logging.set_verbosity_error()
+    huggingface_hub.utils.logging.set_verbosity_error()
+    warnings.filterwarnings("ignore", message=".*pin_memory.*")
+    if not progress:
+        transformers_logging.disable_progress_bar()
+        datasets.disable_progress_bars()
+        huggingface_hub.utils.disable_progress_bars()
+
+
 COMMANDS = {"compress": cmd_compress, "baseline": cmd_compress, "push": cmd_push, "merge": cmd_merge,
             "evaluate": cmd_evaluate, "prepare-teacher": cmd_prepare_teacher}
 
@@ -334,6 +355,9 @@ def main(argv=None) -> int:
         namespace = build_parser().parse_args(argv)
         command, args, debug = namespace.command, namespace, namespace.debug
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    if not debug:
+        progress = not (args.get("disable_tqdm", False) if isinstance(args, dict) else getattr(args, "no_progress", False))
+        quiet_libraries(progress)
     try:
         return COMMANDS[command](args)
     except KeyboardInterrupt:

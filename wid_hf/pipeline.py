@@ -573,7 +573,10 @@ def run(job: Job) -> dict:
     student_validation = evaluate_mlm(student, validation, progressbar=False) if validation is not None else None
 
     name = "WID" if job.job.method == "wid" else job.job.method
-    plot_training(trainer.state, os.path.join(job.output_dir, "training.png"), title=f"{name}: widths and loss")
+    wid_model = trainer.wid_model if job.job.method == "wid" else None
+    plot_training(trainer.state, os.path.join(job.output_dir, "training.png"), title=f"{name}: widths and loss",
+                  config=wid_model.wid_config if wid_model else None, dims=wid_model.teacher_dims if wid_model else None,
+                  teacher_loss=teacher_eval["mlm_loss"])
     if job.job.method == "wid":
         plot_schedule(trainer.wid_model.wid_config, trainer.wid_model.teacher_dims,
                       os.path.join(job.output_dir, "schedule.png"), steps=t.max_steps)
