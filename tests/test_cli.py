@@ -166,6 +166,20 @@ def test_bad_inputs_get_one_line_errors(workspace, capsys):
     empty.write_text("\n\n")
     code, _, err = run_cli(compress_args(ws, out="o2", **{"--corpus": str(empty)}), capsys)
     _one_line_error(code, err, "no text")
+    (ws["dir"] / "zero.txt").write_bytes(b"")  # 0 bytes: datasets itself fails on it (DatasetGenerationError)
+    code, _, err = run_cli(compress_args(ws, out="o2", **{"--corpus": str(ws["dir"] / "zero.txt")}), capsys)
+    _one_line_error(code, err, "zero.txt", "empty")
+
+    (ws["dir"] / "a_file").write_text("not a folder")
+    code, _, err = run_cli(compress_args(ws, out="a_file"), capsys)
+    _one_line_error(code, err, "--output-dir", "is a file")
+
+    # size errors name the flags the user typed, not the Python API's names
+    code, _, err = run_cli(compress_args(ws, out="o6", **{"--ratio": None, "--target-hidden-size": "16"}), capsys)
+    _one_line_error(code, err, "--target-hidden-size", "--ratio 0.5", "--preset wid55")
+    assert "WIDConfig" not in err and "target_ratio" not in err, err
+    code, _, err = run_cli(compress_args(ws, out="o6", **{"--ratio": "1.5"}), capsys)
+    _one_line_error(code, err, "--ratio must be in (0, 1]")
 
     code, _, err = run_cli(compress_args(ws, out="o3", **{"--ratio": None, "--target-hidden-size": "22",
                                                          "--target-intermediate-size": "40"}), capsys)
@@ -176,7 +190,7 @@ def test_bad_inputs_get_one_line_errors(workspace, capsys):
 
     assert run_cli(compress_args(ws, out="o5", **{"--steps": "6"}), capsys)[0] == 0
     code, _, err = run_cli(compress_args(ws, out="o5", **{"--steps": "8"}), capsys)
-    _one_line_error(code, err, "different job", "max_steps", "--overwrite")
+    _one_line_error(code, err, "different job", "--steps", "--overwrite")
 
     code, _, err = run_cli(["merge", "--checkpoint", str(ws["dir"] / "nowhere"), "--output", "x"], capsys)
     _one_line_error(code, err, "No checkpoint")

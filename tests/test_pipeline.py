@@ -8,7 +8,9 @@ import pytest
 from conftest import ROOT
 
 from wid_hf.cli import parse_dataclass_command
-from wid_hf.pipeline import JOB_PRESETS, STUDENT_LEARNING_RATE, Job, budget_schedule
+from wid_hf.config import WIDConfig
+from wid_hf.pipeline import (BUDGET_COMPACTOR_LEARNING_RATE, BUDGET_LEARNING_RATE, JOB_PRESETS, STUDENT_LEARNING_RATE,
+                             Job, budget_schedule)
 
 # job.json "identity" of `wid-hf compress --output-dir runs/demo`, as wid_hf 0.1.0 (before the pipeline) wrote it
 OLD_DEMO_IDENTITY = {"teacher": None, "corpus": None, "text_column": "text", "seq_len": 128,
@@ -19,11 +21,15 @@ OLD_DEMO_IDENTITY = {"teacher": None, "corpus": None, "text_column": "text", "se
 
 
 def test_demo_job_keeps_the_identity_of_earlier_job_directories():
-    assert Job.create(output_dir="x").identity() == OLD_DEMO_IDENTITY
+    # the 0.1.0 demo, asked for explicitly (the demo now runs budget mode with an adapted teacher): same identity
+    old_demo = Job.create(output_dir="x", budget_mode=False, max_steps=150, mask_interval=10, pruning_intervals=8,
+                          head_warmup_steps=100, warmup_encoder_learning_rate=0.0)
+    assert old_demo.identity() == OLD_DEMO_IDENTITY
+    assert Job.create(output_dir="x").identity()["warmup_encoder_lr"] == 3e-4
     old = {**OLD_DEMO_IDENTITY, "kd_objective": "attention_kl", "keep_layers": "upper:1", "max_steps": 12,
            "wid": {"target_ratio": 0.5, "mask_interval": 2, "pruning_intervals": 2}}
     new = Job.create(output_dir="x", objective="attention_kl", keep_layers="upper:1", max_steps=12, mask_interval=2,
-                     pruning_intervals=2)
+                     pruning_intervals=2, head_warmup_steps=100, warmup_encoder_learning_rate=0.0)
     assert new.identity() == old
     # the paper's presets: sizes and strategy as the preset wrote them, learning rates from WIDTrainingArguments
     wid55 = Job.create(output_dir="x", preset="wid55").identity()
@@ -32,21 +38,28 @@ def test_demo_job_keeps_the_identity_of_earlier_job_directories():
 
 
 def test_presets_budget_schedule_and_method_defaults():
-    demo = Job.create(output_dir="x")
-    assert (demo.wid.mask_interval, demo.wid.pruning_intervals) == (10, 8)  # the preset's own schedule
+    demo = Job.create(output_dir="x")  # budget mode for the preset's 300 steps, with its learning rates
+    budget = WIDConfig.for_budget(300, target_ratio=0.5)
+    assert (demo.wid.mask_interval, demo.wid.pruning_start, demo.wid.mask_scoring) == (15, 30, "taylor")
+    assert demo.wid == budget
+    assert (demo.training.learning_rate, demo.training.compactor_learning_rate) == (
+        BUDGET_LEARNING_RATE, BUDGET_COMPACTOR_LEARNING_RATE)
+    reference = Job.create(output_dir="x", budget_mode=False)  # the reference method on the scaled schedule
+    assert (reference.wid.mask_interval, reference.wid.mask_scoring) == (budget_schedule(300)["mask_interval"],
+                                                                         "reference")
     short = Job.create(output_dir="x", max_steps=300)
     assert short.wid.mask_interval == budget_schedule(300)["mask_interval"] == 15
     assert budget_schedule(120) == {"mask_interval": 6, "pruning_intervals": 8}
     assert budget_schedule(4) == {"mask_interval": 1, "pruning_intervals": 3}  # hard masks at step 4: still fits
     given = Job.create(output_dir="x", max_steps=300, mask_interval=4)
-    assert (given.wid.mask_interval, given.wid.pruning_intervals) == (4, 8)
+    assert (given.wid.mask_interval, given.wid.pruning_intervals) == (4, WIDConfig.pruning_intervals)  # the default
     paper = Job.create(output_dir="x", preset="wid11", max_steps=300)
     assert paper.wid.mask_interval == 500  # the paper's presets keep the reference schedule
     # sizes given replace the preset's sizes (a ratio does not fight explicit widths)
     sized = Job.create(output_dir="x", preset="wid55", target_ratio=0.5)
     assert (sized.wid.target_hidden_size, sized.wid.target_ratio) == (None, 0.5)
     assert Job.create(output_dir="x", method="etd-impt").training.learning_rate == STUDENT_LEARNING_RATE
-    assert Job.create(output_dir="x").training.learning_rate == JOB_PRESETS["demo"]["learning_rate"]
+    assert reference.training.learning_rate == JOB_PRESETS["demo"]["learning_rate"]
     assert Job.create(output_dir="x", keep_layers="0,2").job.keep_layers == [0, 2]
 
 

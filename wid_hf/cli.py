@@ -341,6 +341,27 @@ def quiet_libraries(progress: bool = True) -> None:
         huggingface_hub.utils.disable_progress_bars()
 
 
+def in_flag_terms(message: str, command: str, argv: list[str]) -> str:
+    """An error raised by the Python API, reworded for the command line: ``WIDConfig(target_ratio=0.5)`` becomes
+    ``--ratio 0.5`` and a field name the flag the user typed for it (``--target-hidden-size`` if they typed that
+    spelling, else the field's shortest dashed flag), so the message names what the user can change."""
+    import re
+
+    flags = {}
+    for action in dataclass_parser(command)._actions:
+        if action.option_strings and action.dest != "help":
+            typed = [o for o in action.option_strings if any(a == o or a.startswith(o + "=") for a in argv)]
+            dashed = sorted((o for o in action.option_strings if "_" not in o), key=len) or action.option_strings
+            flags[action.dest] = typed[0] if typed else dashed[0]
+    message = re.sub(r"WIDConfig\.from_preset\(([^)]*)\)",
+                     lambda m: f"{flags.get('preset', '--preset')} {m.group(1).replace(chr(39), '')}", message)
+    message = re.sub(r"WIDConfig\((\w+)=([^)]*)\)",
+                     lambda m: f"{flags.get(m.group(1), m.group(1))} {m.group(2)}", message)
+    message = re.sub(r"--(\w+)\b", lambda m: flags.get(m.group(1), m.group(0)), message)
+    return re.sub(r"(?<![-\w.])(\w+)(?![\w(])",
+                  lambda m: flags[m.group(1)] if m.group(1) in flags and "_" in m.group(1) else m.group(1), message)
+
+
 COMMANDS = {"compress": cmd_compress, "baseline": cmd_compress, "push": cmd_push, "merge": cmd_merge,
             "evaluate": cmd_evaluate, "prepare-teacher": cmd_prepare_teacher}
 
@@ -367,6 +388,8 @@ def main(argv=None) -> int:
         if debug:
             raise
         message = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        if command in DATACLASS_COMMANDS:
+            message = in_flag_terms(message, command, argv)
         print(f"wid-hf {command}: error: {message}", file=sys.stderr)
         return 2
 

@@ -77,6 +77,7 @@ def load_texts(spec: Optional[str] = None, text_column: str = "text", split: str
             files = sorted(glob.glob(os.path.join(spec, "**", "*.txt"), recursive=True))
             if not files:
                 raise FileNotFoundError(f"{spec} is neither a saved dataset (save_to_disk) nor a folder of .txt files.")
+            _require_text(spec, files)
             ds = load_dataset("text", data_files=files, split="train", sample_by="document")
         else:
             ds = load_from_disk(spec)
@@ -90,6 +91,7 @@ def load_texts(spec: Optional[str] = None, text_column: str = "text", split: str
         builder = {".txt": "text", ".json": "json", ".jsonl": "json", ".csv": "csv"}.get(ext)
         if builder is None:
             raise ValueError(f"Cannot read {files[0]!r}: use .txt (one document per line), .json/.jsonl or .csv files.")
+        _require_text(spec, files)
         ds = load_dataset(builder, data_files=files, split="train")
     elif spec.startswith((".", "/", "~")) or spec.count("/") > 1 or spec.endswith((".txt", ".json", ".jsonl", ".csv")):
         raise FileNotFoundError(f"No corpus at {spec!r}: give an existing file, folder or a datasets name.")
@@ -108,6 +110,14 @@ def load_texts(spec: Optional[str] = None, text_column: str = "text", split: str
     if len(ds) == 0:
         raise ValueError(f"Corpus {spec!r} has no text: every row of its text column is empty.")
     return ds
+
+
+def _require_text(spec: str, files: list[str]) -> None:
+    """Empty files make `datasets` fail deep inside its builder (a DatasetGenerationError); say it plainly first."""
+    if all(os.path.getsize(f) == 0 for f in files):
+        which = files[0] if len(files) == 1 else f"all {len(files)} files of {spec!r}"
+        raise ValueError(f"Corpus {which} has no text: the file is empty (0 bytes). Give a file with text, one "
+                         "document per line.")
 
 
 def pack_sequences(ds, tokenizer, seq_len: int, num_proc: Optional[int] = None):

@@ -102,8 +102,9 @@ FILL_MASK_SENTENCES = (
 
 @torch.no_grad()
 def fill_mask_examples(models: dict, tokenizer, sentences=FILL_MASK_SENTENCES, top_k: int = 3) -> dict:
-    """Top-k predictions of each model (name -> masked-LM) for the [MASK] of each sentence, and a context check: a
-    model is context-blind if its top-1 prediction is the same for every sentence."""
+    """Top-k predictions of each model (name -> masked-LM) for the [MASK] of each sentence, and a context check:
+    ``distinct_top1`` counts the different top-1 words over the sentences (as many as sentences: every prediction
+    depends on its sentence), and a model is context-blind (``uses_context`` False) if it is the same everywhere."""
     rows = []
     for sentence in sentences:
         text = sentence.replace("[MASK]", tokenizer.mask_token)
@@ -119,5 +120,5 @@ def fill_mask_examples(models: dict, tokenizer, sentences=FILL_MASK_SENTENCES, t
             probs, ids = logits.softmax(-1).topk(top_k)
             row[name] = [{"token": tokenizer.convert_ids_to_tokens(int(i)), "p": float(p)} for p, i in zip(probs, ids)]
         rows.append(row)
-    uses_context = {name: len({row[name][0]["token"] for row in rows}) > 1 for name in models}
-    return {"examples": rows, "uses_context": uses_context}
+    distinct = {name: len({row[name][0]["token"] for row in rows}) for name in models}
+    return {"examples": rows, "distinct_top1": distinct, "uses_context": {name: n > 1 for name, n in distinct.items()}}

@@ -10,16 +10,17 @@ command-line flag is a field name and its help text is the field's own::
     >>> job = Job.create(output_dir="runs/etd", method="etd-impt", max_steps=300)                    # doctest: +SKIP
     >>> report = run(job)                                                                            # doctest: +SKIP
 
-Settings left unset come from the job preset (`JOB_PRESETS`): ``demo`` halves every width of the teacher in ~10
+Settings left unset come from the job preset (`JOB_PRESETS`): ``demo`` halves every width of the teacher in ~11
 minutes on 2 CPU cores; ``wid55`` / ``wid11`` / ``wid11-head`` are the paper's students with the reference schedule
-and `WIDTrainingArguments`' reference optimisation. Under ``demo``, a job given ``max_steps`` but no schedule gets
-the schedule scaled to its length (`budget_schedule`).
+and `WIDTrainingArguments`' reference optimisation. Under ``demo`` WID runs in budget mode (`WIDConfig.for_budget`,
+scaled to ``max_steps``) unless a schedule is given; ``--budget_mode false`` gives the reference method on the same
+scaled schedule (`budget_schedule`).
 
 Output directory layout::
 
     job.json            what was asked (a re-run must ask the same to resume)
     cache/              tokenised corpora (or --cache_dir)
-    teacher/            the teacher after its MLM-head warm-up (only for a teacher without an MLM head)
+    teacher/            the teacher after its masked-LM warm-up (only for a teacher without an MLM head)
     checkpoints/        Trainer checkpoints (resumable; only the last --save_total_limit are kept)
     student/            the student: a plain BertForMaskedLM + tokenizer
     report.json         everything measured; written last: its presence means the job is finished
@@ -50,14 +51,17 @@ KD_ALPHA = 0.5  # weight of a KD objective against the masked-LM loss
 # Job presets: the WID targets and schedule, and the training length that goes with them. Learning rates not given
 # here are WIDTrainingArguments' (the reference optimisation: 1e-6 inherited, 5e-5 compactors).
 JOB_PRESETS: dict[str, dict] = {
-    # Halve every width of the teacher in ~10 minutes on 2 CPU cores: a short schedule (targets by step 80, hard
-    # masks at 90) and learning rates large enough for pruned entries to decay within it.
-    "demo": dict(wid=dict(target_ratio=0.5, mask_interval=10, pruning_intervals=8), max_steps=150,
-                 per_device_train_batch_size=8, learning_rate=1e-4, compactor_learning_rate=2e-3,
-                 head_warmup_steps=100, eval_sequences=64),
+    # Halve every width of the teacher in ~11 minutes on 2 CPU cores: WID in budget mode (WIDConfig.for_budget) for
+    # 300 steps. A teacher without an MLM head (the offline default) is first adapted for 200 steps, head and
+    # encoder: a head on a frozen sentence encoder reaches only ~6% held-out accuracy and predicts "the" everywhere.
+    # learning_rate / compactor_learning_rate here are the reference method's on this schedule (--budget_mode
+    # false); budget mode uses BUDGET_LEARNING_RATE / BUDGET_COMPACTOR_LEARNING_RATE.
+    "demo": dict(wid=dict(target_ratio=0.5), max_steps=300, per_device_train_batch_size=8, learning_rate=1e-4,
+                 compactor_learning_rate=2e-3, head_warmup_steps=200, warmup_encoder_learning_rate=3e-4,
+                 eval_sequences=64),
     # The paper's students with the reference schedule (docs/method.md; batch 960 = 8 x 120 on 8 GPUs).
     **{name: dict(wid=dict(PRESETS[name]), max_steps=400_000, per_device_train_batch_size=32,
-                  head_warmup_steps=1000, eval_sequences=256) for name in PRESETS},
+                  head_warmup_steps=1000, warmup_encoder_learning_rate=1e-4, eval_sequences=256) for name in PRESETS},
 }
 BUDGET_PRESET = "demo"
 # Learning rates of WID in budget mode, from the equal-effort search of benchmarks/results/lr_search-120.json (the
@@ -88,7 +92,7 @@ class JobArguments:
     preset: str = field(default="demo", metadata={
         "choices": sorted(JOB_PRESETS),
         "help": "Targets, schedule and training length for every setting left unset: demo (halve the widths in "
-                "~10 min on 2 CPU cores), or the paper's students wid55 / wid11 / wid11-head (400k steps; sized for "
+                "~11 min on 2 CPU cores), or the paper's students wid55 / wid11 / wid11-head (400k steps; sized for "
                 "a 768-wide teacher)."})
     method: str = field(default="wid", metadata={
         "choices": METHODS,
@@ -103,11 +107,15 @@ class JobArguments:
         "aliases": ["--layers"],
         "help": "Depth reduction too: the teacher layers to keep, a list (0,2,4) or lower:N / upper:N / uniform:N."})
     head_warmup_steps: Optional[int] = field(default=None, metadata={
-        "help": "MLM-head warm-up steps for a teacher without one (default: from --preset)."})
+        "help": "Masked-LM warm-up steps for a teacher without an MLM head: a new head is trained, and the encoder "
+                "adapted at --warmup_encoder_learning_rate (default: from --preset)."})
+    warmup_encoder_learning_rate: Optional[float] = field(default=None, metadata={
+        "help": "Learning rate of the teacher's encoder during that warm-up; 0 freezes it and trains the head only "
+                "(default: from --preset). The head's is 2e-3."})
     budget_mode: bool = field(default=True, metadata={
-        "help": "Under --preset demo, a run given --max_steps uses WID's budget mode (WIDConfig.for_budget: Taylor "
-                "scores, linear decay to zero, monotone masks, schedule scaled to the run, budget learning rates); "
-                "--budget_mode false gives the reference method on the same scaled schedule instead."})
+        "help": "Under --preset demo, WID runs in budget mode unless a schedule is given (WIDConfig.for_budget: "
+                "Taylor scores, linear decay to zero, monotone masks, schedule scaled to the run, budget learning "
+                "rates); --budget_mode false gives the reference method on the same scaled schedule instead."})
     overwrite_output_dir: bool = field(default=False, metadata={
         "aliases": ["--overwrite"], "help": "Delete what --output_dir holds and start over."})
 
@@ -154,7 +162,9 @@ class JobTrainingArguments:
     compactor_learning_rate: Optional[float] = field(default=None, metadata={
         "help": "Learning rate of WID's compactors and of Weight Distillation's generator (default: from --preset)."})
     save_steps: int = field(default=50, metadata={"help": "Checkpoint every N steps."})
-    save_total_limit: int = field(default=2, metadata={"help": "Checkpoints kept on disk (the newest)."})
+    save_total_limit: int = field(default=1, metadata={
+        "help": "Checkpoints kept on disk, the newest (the previous one is deleted only once the new one is "
+                "complete, so 1 is enough to resume)."})
     seed: int = field(default=0, metadata={"help": "Seed of the data order, masks, dropout and initialisations."})
     bf16: bool = field(default=False, metadata={"help": "bf16 autocast (GPU or recent CPUs)."})
     disable_tqdm: bool = field(default=False, metadata={"aliases": ["--no-progress"], "help": "No progress bars."})
@@ -201,18 +211,18 @@ class Job:
         if any(settings.get(k) is not None for k in _SIZE_FIELDS):  # sizes given: the preset's sizes do not apply
             for key in _SIZE_FIELDS:
                 wid.pop(key, None)
-        budget = (preset_name == BUDGET_PRESET and settings.get("max_steps") is not None
-                  and not any(settings.get(k) is not None for k in _SCHEDULE_FIELDS))
+        steps = settings.get("max_steps") or preset["max_steps"]
+        budget = preset_name == BUDGET_PRESET and not any(settings.get(k) is not None for k in _SCHEDULE_FIELDS)
         if budget and settings.get("budget_mode", True):
             sizes = {k: settings.get(k, wid.get(k)) for k in _SIZE_FIELDS}
-            budget_wid = WIDConfig.for_budget(settings["max_steps"], **sizes)
+            budget_wid = WIDConfig.for_budget(steps, **sizes)
             wid.update({k: v for k, v in dataclasses.asdict(budget_wid).items() if v != _WID_DEFAULTS[k]})
             if method == "wid":
                 settings = {"learning_rate": BUDGET_LEARNING_RATE,
                             "compactor_learning_rate": BUDGET_COMPACTOR_LEARNING_RATE,
                             **{k: v for k, v in settings.items() if v is not None}}
         elif budget:
-            wid.update(budget_schedule(settings["max_steps"]))
+            wid.update(budget_schedule(steps))
         wid.update({k: v for k, v in settings.items() if known[k] is WIDConfig and v is not None})
 
         filled = {k: v for k, v in settings.items() if v is not None}
@@ -258,6 +268,8 @@ class Job:
                     "gradient_accumulation_steps": t.gradient_accumulation_steps, "learning_rate": t.learning_rate,
                     "compactor_learning_rate": t.compactor_learning_rate, "seed": t.seed,
                     "head_warmup_steps": j.head_warmup_steps,
+                    # only when the encoder is adapted, so that job directories of wid_hf <= 0.2 still resume
+                    **({"warmup_encoder_lr": j.warmup_encoder_learning_rate} if j.warmup_encoder_learning_rate else {}),
                     "kd_objective": None if j.objective == "mlm" else j.objective, "keep_layers": j.keep_layers}
         if j.method != "wid":
             identity["method"] = j.method
@@ -386,16 +398,17 @@ def _mlm_teacher(job: Job, loaded, train):
     if loaded.has_mlm_head:
         return loaded.model, None
     warmed = os.path.join(job.output_dir, "teacher")
-    steps = job.job.head_warmup_steps
-    note = (f"the teacher has no MLM head: a fresh head was trained for {steps} steps on the corpus (encoder frozen) "
+    steps, encoder_lr = job.job.head_warmup_steps, job.job.warmup_encoder_learning_rate or 0.0
+    adapted = f"encoder adapted at learning rate {encoder_lr:g}" if encoder_lr else "encoder frozen"
+    note = (f"the teacher has no MLM head: a fresh head was trained for {steps} steps on the corpus ({adapted}) "
             "before the student was made")
     if os.path.isfile(os.path.join(warmed, "final", "config.json")):
         _say("reusing the teacher's warmed-up MLM head from " + warmed)
         return BertForMaskedLM.from_pretrained(os.path.join(warmed, "final")), note
     _say(note.replace("was trained", "is trained").replace("was made", "is made"))
     teacher = adapt_mlm(loaded.model, loaded.tokenizer, train, warmed, max_steps=steps,
-                        batch_size=job.training.per_device_train_batch_size, head_lr=2e-3, encoder_lr=0.0,
-                        warmup_steps=10, seed=job.training.seed, disable_tqdm=not job.progressbar)
+                        batch_size=job.training.per_device_train_batch_size, head_lr=2e-3, encoder_lr=encoder_lr,
+                        warmup_steps=10, seed=job.training.seed, disable_tqdm=not job.progressbar, quiet_logs=True)
     return teacher, note
 
 
@@ -490,8 +503,10 @@ def _train(trainer, steps: int) -> float:
     from transformers import TrainerState
 
     from .resume import checkpoint_step, last_complete_checkpoint
+    from .utils import quiet_trainer_logs
 
     started = time.time()
+    quiet_trainer_logs(trainer)
     last = last_complete_checkpoint(trainer.args.output_dir, say=_say)
     if last and checkpoint_step(last) >= steps:
         _say(f"training already complete in {last}; merging")
@@ -692,6 +707,9 @@ def render_report(r: dict) -> str:
         for row in fill["examples"]:
             cells = [", ".join(f"`{p['token']}` {p['p']:.2f}" for p in row[name]) for name in ("teacher", "student")]
             lines.append(f"| {row['sentence']} | {cells[0]} | {cells[1]} |")
+        if "distinct_top1" in fill:
+            lines.append("\nDifferent top-1 words over the " + str(len(fill["examples"])) + " sentences: " + ", ".join(
+                f"{name} {n}" for name, n in fill["distinct_top1"].items()) + ".")
         for name, uses in fill["uses_context"].items():
             if not uses:
                 lines.append(f"\n**The {name} predicts the same word whatever the sentence: it ignores its input.**")

@@ -8,8 +8,10 @@ benchmark teacher.
 
 from __future__ import annotations
 
+import glob
 import logging
 import os
+import shutil
 from dataclasses import dataclass
 from typing import Optional
 
@@ -80,15 +82,18 @@ def adapt_mlm(
     warmup_steps: int = 50,
     final_lr_fraction: float = 0.05,
     seed: int = 0,
+    quiet_logs: bool = False,
     **training_kwargs,
 ):
     """Masked-LM training of a teacher's head (and, with ``encoder_lr > 0``, its encoder) with the ecosystem's
     Trainer: AdamW (weight decay 0.01), linear warm-up then linear decay to `final_lr_fraction` of the peak,
     gradient clipping 1.0. ``encoder_lr=0`` freezes the encoder (a head warm-up). Resumes from `output_dir`'s
-    last checkpoint if there is one. Returns the trained model (also saved to ``output_dir/final``)."""
+    last checkpoint if there is one. ``quiet_logs``: no log line per logging step (`quiet_trainer_logs`). Returns
+    the trained model (also saved to ``output_dir/final``; the checkpoints are deleted once it is)."""
     from transformers import DataCollatorForLanguageModeling, TrainingArguments
 
     from .resume import last_complete_checkpoint, resumable_trainer_class, save_pretrained_atomically
+    from .utils import quiet_trainer_logs
 
     head = _head_parameters(model)
     head_ids = {id(p) for p in head}
@@ -98,7 +103,10 @@ def adapt_mlm(
     groups = [{"params": head, "lr": head_lr}]
     if encoder_lr > 0:
         groups.append({"params": encoder, "lr": encoder_lr})
-    optimizer = torch.optim.AdamW(groups, weight_decay=0.01)
+    # fused: one kernel per tensor (Trainer's own default, adamw_torch_fused); ~5x faster than the for-loop AdamW
+    # on CPU, where the optimizer step was ~10% of a warm-up step
+    fused = all(p.device.type in ("cpu", "cuda") for p in model.parameters())
+    optimizer = torch.optim.AdamW(groups, weight_decay=0.01, fused=fused or None)
 
     def lr_lambda(step: int) -> float:
         if step < warmup_steps:
@@ -127,8 +135,12 @@ def adapt_mlm(
         data_collator=DataCollatorForLanguageModeling(tokenizer, mlm_probability=0.15),
         optimizers=(optimizer, scheduler),
     )
+    if quiet_logs:
+        quiet_trainer_logs(trainer)
     trainer.train(resume_from_checkpoint=last_complete_checkpoint(output_dir))
     for p in model.parameters():
         p.requires_grad_(True)
     save_pretrained_atomically(os.path.join(output_dir, "final"), model, tokenizer)
+    for checkpoint in glob.glob(os.path.join(output_dir, "checkpoint-*")):  # only for resuming; `final` is complete
+        shutil.rmtree(checkpoint, ignore_errors=True)
     return model

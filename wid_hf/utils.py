@@ -57,3 +57,19 @@ def bert_mlm_parameter_count(config, include_decoder: bool = True) -> int:
 def count_parameters(model: nn.Module) -> int:
     """Number of distinct parameters (tied tensors once)."""
     return sum(p.numel() for p in model.parameters())
+
+
+def quiet_trainer_logs(trainer) -> None:
+    """No log dictionary printed per logging step (the command line's console fits on one screen): the training
+    bar shows the last loss instead, and without bars nothing is printed. The logs still reach
+    ``trainer.state.log_history``, checkpoints and every other callback (training.png is drawn from them)."""
+    from transformers.trainer_callback import PrinterCallback, ProgressCallback
+
+    class LossInBar(ProgressCallback):
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            if state.is_world_process_zero and self.training_bar is not None and logs and "loss" in logs:
+                self.training_bar.set_postfix(loss=f"{float(logs['loss']):.3f}", refresh=False)
+
+    trainer.remove_callback(PrinterCallback)
+    if trainer.pop_callback(ProgressCallback) is not None:
+        trainer.add_callback(LossInBar)
