@@ -103,8 +103,8 @@ def adapt_mlm(
     groups = [{"params": head, "lr": head_lr}]
     if encoder_lr > 0:
         groups.append({"params": encoder, "lr": encoder_lr})
-    # fused: one kernel per tensor (Trainer's own default, adamw_torch_fused); ~5x faster than the for-loop AdamW
-    # on CPU, where the optimizer step was ~10% of a warm-up step
+    # fused: one kernel per tensor, as Trainer's own default (adamw_torch_fused); on 2 CPU cores an AdamW step over
+    # 58M parameters took 0.053 s fused against 0.29 s with the default for-loop implementation
     fused = all(p.device.type in ("cpu", "cuda") for p in model.parameters())
     optimizer = torch.optim.AdamW(groups, weight_decay=0.01, fused=fused or None)
 
