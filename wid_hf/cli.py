@@ -358,7 +358,7 @@ def in_flag_terms(message: str, command: str, argv: list[str]) -> str:
     message = re.sub(r"WIDConfig\((\w+)=([^)]*)\)",
                      lambda m: f"{flags.get(m.group(1), m.group(1))} {m.group(2)}", message)
     message = re.sub(r"--(\w+)\b", lambda m: flags.get(m.group(1), m.group(0)), message)
-    return re.sub(r"(?<![-\w.])(\w+)(?![\w(])",
+    return re.sub(r"(?<![-\w./])(\w+)(?![\w(/])",  # not inside a path: a folder may be named max_steps
                   lambda m: flags[m.group(1)] if m.group(1) in flags and "_" in m.group(1) else m.group(1), message)
 
 

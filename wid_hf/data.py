@@ -115,8 +115,8 @@ def load_texts(spec: Optional[str] = None, text_column: str = "text", split: str
 def _require_text(spec: str, files: list[str]) -> None:
     """Empty files make `datasets` fail deep inside its builder (a DatasetGenerationError); say it plainly first."""
     if all(os.path.getsize(f) == 0 for f in files):
-        which = files[0] if len(files) == 1 else f"all {len(files)} files of {spec!r}"
-        raise ValueError(f"Corpus {which} has no text: the file is empty (0 bytes). Give a file with text, one "
+        which = f"{files[0]} is empty" if len(files) == 1 else f"{spec}: all {len(files)} files are empty"
+        raise ValueError(f"Corpus {which} (0 bytes), so there is no text to train on. Give text files with one "
                          "document per line.")
 
 
