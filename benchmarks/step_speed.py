@@ -43,7 +43,7 @@ def target_widths(shape: str, target: str) -> tuple[int, int]:
     return TARGETS[target]
 
 
-def plan(shapes, batches) -> list[dict]:
+def plan(shapes, batches, modes=("teacher", "student", "wid-pruning", "wid-hard")) -> list[dict]:
     """The configurations to measure: (mode, target, before) per shape and batch."""
     runs = []
     for shape in shapes:
@@ -57,7 +57,7 @@ def plan(shapes, batches) -> list[dict]:
             # the full path ("before") forms teacher-size products whatever the target: measured at half width only
             runs += [dict(common, mode="wid-hard", target="half", before=True)]
             runs += [dict(common, mode="wid-hard", target=t, before=False) for t in targets]
-    return runs
+    return [r for r in runs if r["mode"] in modes]
 
 
 def worker(args) -> dict:
@@ -93,7 +93,8 @@ def worker(args) -> dict:
     pick = torch.rand(ids.shape, generator=g) < 0.15
     labels[pick] = ids[pick]
     batch = {"input_ids": ids.to(device), "labels": labels.to(device)}
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5)
+    # foreach: torch's default AdamW (the committed tables); fused: Trainer's default optim ("adamw_torch_fused")
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5, fused=args.optimizer == "fused")
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.dtype == "bf16")
 
     def forward_backward():
@@ -121,6 +122,16 @@ def worker(args) -> dict:
         sync()
         times.append(time.perf_counter() - t0)
     result = {"step_s": statistics.median(times), "times": times}
+    if args.profile:  # where the time of one step goes, by operator (printed to stderr, the result stays on stdout)
+        from torch.profiler import ProfilerActivity, profile
+
+        activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+        with profile(activities=activities) as prof:
+            for _ in range(3):
+                step()
+            sync()
+        key = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
+        print(prof.key_averages().table(sort_by=key, row_limit=args.profile), file=sys.stderr)
     if device.type == "cuda":
         result["peak_mib"] = torch.cuda.max_memory_allocated() / 2**20
     else:
@@ -203,7 +214,7 @@ def write_results(rows, meta, out_dir, name) -> str:
         label = r["mode"] + (" (before)" if r["before"] else "")
         target = "-" if r["mode"] == "teacher" else "x".join(map(str, target_widths(r["shape"], r["target"])))
         lines.append(
-            f"| {r['shape']} | {r['batch']}x{r['seq']} | {label} | {target} | {r['step_s']:.2f} | {time_ratio:.2f} | "
+            f"| {r['shape']} | {r['batch']}x{r['seq']} | {label} | {target} | {r['step_s']:.3g} | {time_ratio:.2f} | "
             f"{r['step_s'] / teacher_masked['step_s']:.2f} | {r['gflop']:.0f} | {flop_ratio:.2f} | "
             f"{flop_ratio / time_ratio:.0%} | {r['peak_mib']:.0f} | {r['peak_mib'] / teacher['peak_mib']:.2f} |"
         )
@@ -238,8 +249,14 @@ def main():
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32", help="bf16: autocast")
+    parser.add_argument("--modes", nargs="+", default=["teacher", "student", "wid-pruning", "wid-hard"],
+                        choices=["teacher", "student", "wid-pruning", "wid-hard"], help="measure only these runs")
+    parser.add_argument("--optimizer", choices=["foreach", "fused"], default="foreach",
+                        help="AdamW implementation (fused: what Trainer uses by default)")
     parser.add_argument("--out", default=os.path.join(HERE, "results"))
     parser.add_argument("--name", default=None, help="results file name (default step_speed[_<device>_<dtype>])")
+    parser.add_argument("--profile", type=int, default=0, metavar="ROWS",
+                        help="with --worker: print the top ROWS operators of 3 profiled steps to stderr")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--shape", default="base", help=argparse.SUPPRESS)
     parser.add_argument("--mode", default="teacher", help=argparse.SUPPRESS)
@@ -261,14 +278,15 @@ def main():
         with open(partial) as f:
             done = [json.loads(line) for line in f if line.strip()]
     rows = []
-    for run in plan(args.shapes, args.batches):
+    for run in plan(args.shapes, args.batches, args.modes):
         previous = next((r for r in done if all(r[k] == v for k, v in run.items()) and r["seq"] == args.seq), None)
         if previous is not None:
             rows.append(previous)
             continue
         cmd = [sys.executable, __file__, "--worker", "--mode", run["mode"], "--batch", str(run["batch"]),
                "--shape", run["shape"], "--target", run["target"], "--seq", str(args.seq),
-               "--repeats", str(args.repeats), "--device", args.device, "--dtype", args.dtype]
+               "--repeats", str(args.repeats), "--device", args.device, "--dtype", args.dtype,
+               "--optimizer", args.optimizer]
         if run["before"]:
             cmd.append("--before")
         out = subprocess.run(cmd, capture_output=True, text=True)
@@ -283,7 +301,7 @@ def main():
               f"peak {result['peak_mib']:.0f} MiB", flush=True)
 
     meta = {"torch": torch.__version__, "threads": torch.get_num_threads(), "cpu_count": os.cpu_count(),
-            "device": args.device, "dtype": args.dtype, "repeats": args.repeats}
+            "device": args.device, "dtype": args.dtype, "repeats": args.repeats, "optimizer": args.optimizer}
     if args.device.startswith("cuda"):
         meta["gpu"] = torch.cuda.get_device_name()
     print(write_results(rows, meta, args.out, name))

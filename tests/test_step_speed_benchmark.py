@@ -24,3 +24,21 @@ def test_step_speed_benchmark_smoke(tmp_path):
     assert hard[False] < hard[True]  # the student path and the masked-position head do less work
     table = (tmp_path / "speed.md").read_text()
     assert "| tiny | 2x16 | wid-hard (before) | 24x48 |" in table and "| tiny | 2x16 | wid-hard | 24x48 |" in table
+
+
+@pytest.mark.slow
+def test_step_speed_subset_fused_optimizer_and_profile(tmp_path):
+    script = os.path.join(ROOT, "benchmarks", "step_speed.py")
+    env = {**os.environ, "PYTHONPATH": ROOT}
+    cmd = [sys.executable, script, "--shapes", "tiny", "--batches", "2", "--seq", "16", "--repeats", "1",
+           "--modes", "teacher", "wid-hard", "--optimizer", "fused", "--out", str(tmp_path), "--name", "speed"]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
+    assert out.returncode == 0, out.stderr[-3000:]
+    data = json.loads((tmp_path / "speed.json").read_text())
+    assert {r["mode"] for r in data["rows"]} == {"teacher", "wid-hard"} and data["meta"]["optimizer"] == "fused"
+    # --profile: the operator table goes to stderr, the one-line result stays on stdout
+    worker = [sys.executable, script, "--worker", "--shape", "tiny", "--mode", "wid-hard", "--batch", "2", "--seq",
+              "16", "--repeats", "1", "--profile", "5"]
+    out = subprocess.run(worker, capture_output=True, text=True, timeout=600, env=env)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "aten::" in out.stderr and json.loads(out.stdout.strip().splitlines()[-1])["step_s"] > 0

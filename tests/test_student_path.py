@@ -16,6 +16,8 @@ from wid_hf import WIDConfig, get_wid_model
 from wid_hf.mlm import masked_lm_loss, mlm_head_at
 
 SHAPE = dict(target_hidden_size=24, target_intermediate_size=40, mask_interval=2, pruning_intervals=2)
+# The exactness checks also run on a GPU: WID_HF_TEST_DEVICE=cuda pytest tests/test_student_path.py
+DEVICE = torch.device(os.environ.get("WID_HF_TEST_DEVICE", "cpu"))
 
 
 def mlm_batch(seed=1, vocab=120):
@@ -24,14 +26,14 @@ def mlm_batch(seed=1, vocab=120):
     labels = batch["input_ids"].clone()
     labels[torch.rand(labels.shape, generator=g) > 0.3] = -100
     labels[batch["attention_mask"] == 0] = -100
-    return {**batch, "labels": labels}
+    return {k: v.to(DEVICE) for k, v in {**batch, "labels": labels}.items()}
 
 
 def hard_wid(strategy):
     model = get_wid_model(tiny_teacher(), WIDConfig(head_strategy=strategy, **SHAPE))
     perturb_compactors(model, scale=0.05)
     model.finalize_masks()
-    return model.train()
+    return model.to(DEVICE).train()
 
 
 def train_steps(model, steps=5):
@@ -99,6 +101,7 @@ def test_masked_positions_only_head_gives_the_same_loss_and_gradients(which):
         model = get_wid_model(tiny_teacher(), WIDConfig(**SHAPE)).train()
         perturb_compactors(model, scale=0.05)
         model.update_masks(4) if which == "wid-soft" else model.finalize_masks()
+    model.to(DEVICE)
     batch = mlm_batch()
     reference = model(**batch).loss
     reference.backward()
@@ -113,9 +116,10 @@ def test_masked_positions_only_head_gives_the_same_loss_and_gradients(which):
 
 
 def test_mlm_head_at_is_undone_and_refuses_models_without_a_head():
-    model = tiny_teacher()
+    model = tiny_teacher().to(DEVICE)
     batch = {k: v for k, v in mlm_batch().items() if k != "labels"}
-    with mlm_head_at(model, torch.zeros(3, 12, dtype=torch.bool).index_fill_(1, torch.tensor([2]), True)):
+    picked = torch.zeros(3, 12, dtype=torch.bool).index_fill_(1, torch.tensor([2]), True).to(DEVICE)
+    with mlm_head_at(model, picked):
         assert model(**batch).logits.shape == (3, 120)
     assert model(**batch).logits.shape == (3, 12, 120)
     with pytest.raises(TypeError, match="no BERT masked-LM head"):
@@ -128,7 +132,7 @@ def test_held_out_loss_is_the_full_heads():
 
     from wid_hf.evaluation import evaluate_mlm
 
-    model = tiny_teacher()
+    model = tiny_teacher().to(DEVICE)
     batch = mlm_batch()
     got = evaluate_mlm(model, Dataset.from_dict({k: v.tolist() for k, v in batch.items()}), progressbar=False)
     with torch.no_grad():  # evaluate_mlm feeds input ids and the attention mask
@@ -153,7 +157,7 @@ def test_resume_mid_hard_phase_is_exact(tmp_path):
 
 
 def test_a_plain_student_is_untouched_by_the_hook():
-    student = BertForMaskedLM(tiny_teacher().config)
+    student = BertForMaskedLM(tiny_teacher().config).to(DEVICE)
     assert not student.cls._forward_pre_hooks
     loss, _ = masked_lm_loss(student, mlm_batch())
     assert not student.cls._forward_pre_hooks and torch.isfinite(loss)
