@@ -91,6 +91,9 @@ def search(a):
     """Every method at every learning rate of the grid, at --steps; the best by validation accuracy."""
     path = os.path.join(a.out, f"lr_search-{a.steps[0]}.json")
     found = _load(path, {"setup": {k: v for k, v in vars(a).items() if k != "out"}, "runs": {}, "chosen": {}})
+    # a later search may widen the grid or add methods: the setup records every value and method searched
+    found["setup"]["lr_grid"] = sorted(set(found["setup"]["lr_grid"]) | set(a.lr_grid))
+    found["setup"]["methods"] = list(dict.fromkeys([*found["setup"]["methods"], *a.methods]))
     for name in a.methods:
         for lr in a.lr_grid:
             key = f"{name}@{lr:g}"

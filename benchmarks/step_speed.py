@@ -3,12 +3,13 @@ after the cost work (the student path, the MLM head at masked positions only), w
 
 Every configuration runs in its own Python process (so peak RSS is that configuration's alone: model, gradients,
 AdamW state and activations), on the same random batch and thread count; the step time is the median of
-`--repeats` optimizer steps after one warm-up step; FLOPs of one step (forward + backward) are counted with
-`torch.utils.flop_counter`. Ratios are to the plain teacher measured in the same run.
+`--repeats` optimizer steps after one warm-up step; FLOPs of one step (the forwards and backwards of its
+micro-batches) are counted with `torch.utils.flop_counter`. Ratios are to the plain teacher measured in the same run.
 
     python benchmarks/step_speed.py                                  # BERT-base and MiniLM shapes, 8x128 and 32x128
     python benchmarks/step_speed.py --shapes minilm --batches 8 --repeats 5
     python benchmarks/step_speed.py --device cuda --dtype bf16       # on a GPU machine: CUDA, bf16 autocast
+    python benchmarks/step_speed.py --shapes minilm --batches 8 --accumulation 4 [--no-fold-once]
 
 "before" rows are the code as it was: the full path under hard masks (teacher-size R·W·L products, masks
 multiplied in) and the MLM head at every position (transformers' own loss). Writes
@@ -18,6 +19,7 @@ benchmarks/results/step_speed.{json,md}.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import resource
@@ -102,9 +104,15 @@ def worker(args) -> dict:
             loss = model(**batch).loss if args.before else masked_lm_loss(model, batch)[0]
         loss.backward()
 
+    def micro_batches():  # one optimizer step's forwards and backwards: --accumulation micro-batches of --batch
+        for i in range(args.accumulation):
+            reuse = args.accumulation > 1 and args.fold_once and hasattr(model, "accumulating")
+            with model.accumulating(last=i == args.accumulation - 1) if reuse else contextlib.nullcontext():
+                forward_backward()
+
     def step():
         optimizer.zero_grad(set_to_none=True)
-        forward_backward()
+        micro_batches()
         optimizer.step()
 
     def sync():
@@ -139,7 +147,7 @@ def worker(args) -> dict:
     optimizer.zero_grad(set_to_none=True)
     counter = FlopCounterMode(display=False)
     with counter:
-        forward_backward()
+        micro_batches()
     result["gflop"] = counter.get_total_flops() / 1e9
     return result
 
@@ -257,6 +265,10 @@ def main():
     parser.add_argument("--name", default=None, help="results file name (default step_speed[_<device>_<dtype>])")
     parser.add_argument("--profile", type=int, default=0, metavar="ROWS",
                         help="with --worker: print the top ROWS operators of 3 profiled steps to stderr")
+    parser.add_argument("--accumulation", type=int, default=1,
+                        help="micro-batches per optimizer step (gradient accumulation); step times are per optimizer step")
+    parser.add_argument("--no-fold-once", dest="fold_once", action="store_false",
+                        help="with --accumulation: fold every layer in every micro-batch (the code before FoldReuse)")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--shape", default="base", help=argparse.SUPPRESS)
     parser.add_argument("--mode", default="teacher", help=argparse.SUPPRESS)
@@ -286,7 +298,9 @@ def main():
         cmd = [sys.executable, __file__, "--worker", "--mode", run["mode"], "--batch", str(run["batch"]),
                "--shape", run["shape"], "--target", run["target"], "--seq", str(args.seq),
                "--repeats", str(args.repeats), "--device", args.device, "--dtype", args.dtype,
-               "--optimizer", args.optimizer]
+               "--optimizer", args.optimizer, "--accumulation", str(args.accumulation)]
+        if not args.fold_once:
+            cmd.append("--no-fold-once")
         if run["before"]:
             cmd.append("--before")
         out = subprocess.run(cmd, capture_output=True, text=True)
@@ -301,7 +315,8 @@ def main():
               f"peak {result['peak_mib']:.0f} MiB", flush=True)
 
     meta = {"torch": torch.__version__, "threads": torch.get_num_threads(), "cpu_count": os.cpu_count(),
-            "device": args.device, "dtype": args.dtype, "repeats": args.repeats, "optimizer": args.optimizer}
+            "device": args.device, "dtype": args.dtype, "repeats": args.repeats, "optimizer": args.optimizer,
+            "accumulation": args.accumulation, "fold_once": args.fold_once}
     if args.device.startswith("cuda"):
         meta["gpu"] = torch.cuda.get_device_name()
     print(write_results(rows, meta, args.out, name))

@@ -1,5 +1,5 @@
 """Run by test_trainer.py under `torchrun --nproc_per_node 2` (and `accelerate launch`): a short WIDTrainer run on
-CPU/gloo; every rank writes its masks and merged student to OUT/rank{N}.pt so the test can compare them."""
+CPU/gloo (optionally with gradient accumulation: argv[2]); every rank writes its masks and merged student to OUT/rank{N}.pt so the test can compare them."""
 
 import os
 import sys
@@ -13,10 +13,11 @@ from transformers import default_data_collator  # noqa: E402
 from wid_hf import WIDConfig, WIDTrainer, WIDTrainingArguments  # noqa: E402
 
 
-def main(out: str) -> None:
+def main(out: str, accumulation: int = 1) -> None:
     args = WIDTrainingArguments(
         output_dir=os.path.join(out, "run"),
-        per_device_train_batch_size=4,
+        per_device_train_batch_size=4 // accumulation,
+        gradient_accumulation_steps=accumulation,  # > 1: effective weights formed once per step (FoldReuse)
         max_steps=12,
         learning_rate=1e-3,
         compactor_learning_rate=1e-2,
@@ -49,4 +50,4 @@ def main(out: str) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1])
+    main(sys.argv[1], int(sys.argv[2]) if len(sys.argv) > 2 else 1)

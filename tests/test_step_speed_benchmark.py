@@ -42,3 +42,17 @@ def test_step_speed_subset_fused_optimizer_and_profile(tmp_path):
     out = subprocess.run(worker, capture_output=True, text=True, timeout=600, env=env)
     assert out.returncode == 0, out.stderr[-3000:]
     assert "aten::" in out.stderr and json.loads(out.stdout.strip().splitlines()[-1])["step_s"] > 0
+
+
+@pytest.mark.slow
+def test_step_speed_with_gradient_accumulation_folds_once(tmp_path):
+    """--accumulation 3 counts FLOPs per optimizer step; folding once per step does less work than every micro-batch."""
+    gflop = {}
+    for fold_once in (True, False):
+        cmd = [sys.executable, os.path.join(ROOT, "benchmarks", "step_speed.py"), "--worker", "--shape", "tiny",
+               "--mode", "wid-pruning", "--batch", "8", "--seq", "32", "--repeats", "1", "--accumulation", "3"]
+        out = subprocess.run(cmd + ([] if fold_once else ["--no-fold-once"]), capture_output=True, text=True,
+                             timeout=600, env={**os.environ, "PYTHONPATH": ROOT})
+        assert out.returncode == 0, out.stderr[-3000:]
+        gflop[fold_once] = json.loads(out.stdout.strip().splitlines()[-1])["gflop"]
+    assert gflop[True] < gflop[False]

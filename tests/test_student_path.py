@@ -20,8 +20,8 @@ SHAPE = dict(target_hidden_size=24, target_intermediate_size=40, mask_interval=2
 DEVICE = torch.device(os.environ.get("WID_HF_TEST_DEVICE", "cpu"))
 
 
-def mlm_batch(seed=1, vocab=120):
-    batch = random_batch(seed=seed, vocab=vocab)
+def mlm_batch(seed=1, vocab=120, **shape):
+    batch = random_batch(seed=seed, vocab=vocab, **shape)
     g = torch.Generator().manual_seed(seed + 100)
     labels = batch["input_ids"].clone()
     labels[torch.rand(labels.shape, generator=g) > 0.3] = -100
@@ -161,3 +161,64 @@ def test_a_plain_student_is_untouched_by_the_hook():
     assert not student.cls._forward_pre_hooks
     loss, _ = masked_lm_loss(student, mlm_batch())
     assert not student.cls._forward_pre_hooks and torch.isfinite(loss)
+
+
+@pytest.mark.parametrize("state", ["soft", "hard", "hard-full-path"])
+def test_folding_once_per_optimizer_step_gives_the_same_gradients(monkeypatch, state):
+    """Gradient accumulation over 3 micro-batches: with `accumulating` each layer's R·W·L is formed once per
+    optimizer step instead of 3 times, and every parameter gets the same gradient as plain accumulation."""
+    model = get_wid_model(tiny_teacher(), WIDConfig(**SHAPE))
+    perturb_compactors(model, scale=0.05)
+    model.update_masks(4) if state == "soft" else model.finalize_masks()
+    model.student_path = state != "hard-full-path"
+    model.to(DEVICE).train()
+    folds = []
+    real_fold = layer.fold_chain
+    monkeypatch.setattr(layer, "fold_chain", lambda *a: folds.append(1) or real_fold(*a))
+    batches = [mlm_batch(seed=s, batch=8, length=32) for s in (1, 2, 3)]  # enough tokens that folding pays
+    total = sum(int((b["labels"] != -100).sum()) for b in batches)
+
+    def accumulate(reuse):
+        model.zero_grad(set_to_none=True)
+        folds.clear()
+        for i, batch in enumerate(batches):
+            with model.accumulating(last=i == len(batches) - 1) if reuse else torch.enable_grad():
+                (masked_lm_loss(model, batch, reduction="sum")[0] / total).backward()
+        return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}, len(folds)
+
+    expected, plain_folds = accumulate(reuse=False)
+    got, reuse_folds = accumulate(reuse=True)
+    assert reuse_folds > 0 and plain_folds == 3 * reuse_folds
+    assert set(got) == set(expected)
+    for name, grad in expected.items():
+        assert (grad - got[name]).abs().max() <= 1e-6, name
+    assert model.masks.fold_reuse is None and "_fold_reuse" not in model.__dict__  # nothing left for the next step
+
+
+def test_a_failed_micro_batch_leaves_no_folds_behind():
+    model = get_wid_model(tiny_teacher(), WIDConfig(**SHAPE)).to(DEVICE).train()
+    with pytest.raises(RuntimeError, match="boom"):
+        with model.accumulating(last=False):
+            masked_lm_loss(model, mlm_batch())[0].backward()
+            raise RuntimeError("boom")
+    assert model.masks.fold_reuse is None and "_fold_reuse" not in model.__dict__
+    with torch.no_grad():  # and plain forwards (evaluation) never use it
+        model(**{k: v for k, v in mlm_batch().items() if k != "labels"})
+
+
+def test_trainer_folds_once_per_step_with_the_same_result(tmp_path, monkeypatch):
+    folds = {}
+    real_fold = layer.fold_chain
+
+    def run(name, **kw):
+        count = []
+        monkeypatch.setattr(layer, "fold_chain", lambda *a: count.append(1) or real_fold(*a))
+        trainer = make_trainer(tmp_path / name, per_device_train_batch_size=2, gradient_accumulation_steps=4, **kw)
+        trainer.train()
+        folds[name] = len(count)
+        return final_state(trainer)
+
+    once, every = run("once"), run("every", wid_fold_once_per_step=False)
+    assert folds["once"] < folds["every"] / 2  # 4 micro-batches per step (the decoder is not folded either way)
+    for name, value in once.items():
+        assert (value.float() - every[name].float()).abs().max() <= 1e-5, name

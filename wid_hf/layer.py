@@ -29,6 +29,8 @@ class WIDMasks(nn.Module):
     """
 
     student_path: bool = True
+    # set by `WIDModel.accumulating` for the micro-batches of one optimizer step (not saved): see `FoldReuse`
+    fold_reuse: Optional["FoldReuse"] = None
 
     def __init__(self, group_sizes: dict[str, int], device=None, scores: bool = False):
         super().__init__()
@@ -171,8 +173,11 @@ class WIDLinear(_MaskUser):
         return right, weight, left, bias
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        factors = self.student_factors() if self._wid_masks.on_student_path else self.full_factors()
-        return apply_chain(x, *factors)
+        masks = self._wid_masks
+        factors = self.student_factors if masks.on_student_path else self.full_factors
+        if masks.fold_reuse is not None and torch.is_grad_enabled():
+            return masks.fold_reuse.linear(self, x, factors)
+        return apply_chain(x, *factors())
 
     def extra_repr(self) -> str:
         return f"in_group={self.in_group}, out_group={self.out_group}"
@@ -239,6 +244,50 @@ def apply_chain(x: torch.Tensor, right, weight, left, bias) -> torch.Tensor:
         x = F.linear(x, left)
     x = F.linear(x, weight, bias)
     return F.linear(x, right) if right is not None else x
+
+
+class FoldReuse:
+    """Forms each layer's effective weight ``R·W·L`` once per optimizer step under gradient accumulation.
+
+    Without it every micro-batch folds every layer again, although the parameters (and masks) only change at the
+    optimizer step, and the fold is per step, not per token (``2·F²·H`` multiply-adds for an FFN compactor pair).
+    With it, the first micro-batch folds (keeping the fold's autograd graph) and every micro-batch multiplies by a
+    detached copy whose gradient accumulates; the last micro-batch multiplies by the fold itself, and a hook adds
+    the earlier micro-batches' gradient on its way back, so the compactors and inherited weights receive
+    ``J^T (g_1 + ... + g_A)`` in the last backward: the gradients of plain accumulation, up to rounding (tested to
+    1e-6), with the fold and its backward done once. All parameter gradients arrive in the last backward, which is
+    the one DDP synchronises. Layers whose cheapest order is not a fold (the MLM decoder at masked positions) run as
+    usual. Use it through `WIDModel.accumulating` (WIDTrainer does, when ``gradient_accumulation_steps > 1``).
+    """
+
+    def __init__(self):
+        self.entries: dict[nn.Module, list] = {}
+        self.last = False
+        self.folds = 0  # folds formed (for tests and benchmarks)
+
+    def linear(self, module: nn.Module, x: torch.Tensor, factors) -> torch.Tensor:
+        entry = self.entries.get(module)
+        if entry is None:
+            right, weight, left, bias = factors()
+            costs = chain_costs(x.numel() // x.shape[-1], right, weight, left)
+            if min(costs, key=costs.get) != "fold":
+                return apply_chain(x, right, weight, left, bias)
+            w, b = fold_chain(right, weight, left, bias)
+            self.folds += 1
+            entry = self.entries[module] = [(w, _detached_leaf(w)), (b, _detached_leaf(b)), False]
+        (w, w_leaf), (b, b_leaf), hooked = entry
+        if not self.last:
+            return F.linear(x, w_leaf, b_leaf)
+        if not hooked:  # once: the earlier micro-batches' gradient joins the last one's on the way into the fold
+            for graph, leaf in ((w, w_leaf), (b, b_leaf)):
+                if leaf is not None and leaf.grad is not None:
+                    graph.register_hook(lambda g, extra=leaf.grad: g + extra)
+            entry[2] = True
+        return F.linear(x, w, b)
+
+
+def _detached_leaf(t: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
+    return None if t is None else t.detach().requires_grad_(t.requires_grad)
 
 
 class MaskedLayerNorm(_MaskUser):

@@ -18,6 +18,7 @@ import logging
 import os
 import re
 import warnings
+from contextlib import contextmanager
 from typing import Any, Optional
 
 import torch
@@ -25,7 +26,7 @@ from torch import nn
 
 from . import checkpoint, pruner
 from .config import TeacherDims, WIDConfig
-from .layer import EmbeddingCompactor, MaskedLayerNorm, StudentHeadSize, WIDLinear, WIDMasks
+from .layer import EmbeddingCompactor, FoldReuse, MaskedLayerNorm, StudentHeadSize, WIDLinear, WIDMasks
 from .mask_groups import MaskGroup
 from .merge import EMBEDDING_TABLES, build_student
 from .schedule import pruning_end_step
@@ -257,6 +258,34 @@ class WIDModel(nn.Module):
         step's gradients are complete and clipped: recompute the masks at every interval, switch to hard masks at
         `hard_mask_step`, and apply the penalty. `WIDTrainer` calls this; call it yourself in a custom loop."""
         pruner.wid_step(self, step, optimizer)
+
+    @contextmanager
+    def accumulating(self, last: bool):
+        """Run one micro-batch's forward and backward of a gradient-accumulation step inside this context, with
+        ``last=True`` for the step's last micro-batch: each layer's effective weight is then formed once per
+        optimizer step instead of once per micro-batch (`wid_hf.layer.FoldReuse`; same gradients up to rounding).
+        Every micro-batch of the step must use it, and the parameters must not change until the last one's
+        backward is done (as in any accumulation loop). WIDTrainer does this for you::
+
+            for i, micro_batch in enumerate(micro_batches):
+                with wid_model.accumulating(last=i == len(micro_batches) - 1):
+                    loss_fn(wid_model, micro_batch).backward()
+        """
+        reuse = self.__dict__.get("_fold_reuse")
+        if reuse is None:
+            reuse = self.__dict__["_fold_reuse"] = FoldReuse()
+        reuse.last = bool(last)
+        self.masks.fold_reuse = reuse
+        done = bool(last)
+        try:
+            yield reuse
+        except BaseException:
+            done = True  # a failed micro-batch leaves no folds behind for the next step
+            raise
+        finally:
+            self.masks.fold_reuse = None
+            if done:
+                self.__dict__.pop("_fold_reuse", None)
 
     def student_parameter_count(self) -> int:
         """Parameters the merged student would have with the current masks (decoder untied, as after a merge)."""

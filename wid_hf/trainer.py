@@ -57,6 +57,11 @@ class WIDTrainingArguments(TrainingArguments):
         default=True,
         metadata={"help": "Evaluate the masked-LM loss only (keeping vocabulary-sized logits costs a lot of memory)."},
     )
+    wid_fold_once_per_step: bool = field(
+        default=True,
+        metadata={"help": "Under gradient accumulation, form each layer's effective weight once per optimizer step "
+                          "instead of once per micro-batch (same gradients up to rounding)."},
+    )
     save_student_to: Optional[str] = field(
         default=None, metadata={"help": "After training, merge and save the student here (save_pretrained)."}
     )
@@ -156,6 +161,13 @@ class WIDTrainer(ExactResumeMixin, Trainer):
         optimizer_cls, optimizer_kwargs = self.get_optimizer_cls_and_kwargs(self.args, wid)
         self.optimizer = optimizer_cls([g for g in param_groups if g["params"]], **optimizer_kwargs)
         return self.optimizer
+
+    def training_step(self, model, inputs, num_items_in_batch=None):
+        if self.args.gradient_accumulation_steps > 1 and getattr(self.args, "wid_fold_once_per_step", True):
+            # Trainer marks the last micro-batch of each optimizer step with sync_gradients
+            with self.wid_model.accumulating(last=self.accelerator.sync_gradients):
+                return super().training_step(model, inputs, num_items_in_batch)
+        return super().training_step(model, inputs, num_items_in_batch)
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None, **kwargs):
         if (not self._is_mlm or "labels" not in inputs or self.label_smoother is not None or self.compute_loss_func
