@@ -107,7 +107,8 @@ def worker(args) -> dict:
     def micro_batches():  # one optimizer step's forwards and backwards: --accumulation micro-batches of --batch
         for i in range(args.accumulation):
             reuse = args.accumulation > 1 and args.fold_once and hasattr(model, "accumulating")
-            with model.accumulating(last=i == args.accumulation - 1) if reuse else contextlib.nullcontext():
+            last = i == args.accumulation - 1
+            with model.accumulating(last, args.accumulation) if reuse else contextlib.nullcontext():
                 forward_backward()
 
     def step():

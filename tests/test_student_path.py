@@ -182,13 +182,15 @@ def test_folding_once_per_optimizer_step_gives_the_same_gradients(monkeypatch, s
         model.zero_grad(set_to_none=True)
         folds.clear()
         for i, batch in enumerate(batches):
-            with model.accumulating(last=i == len(batches) - 1) if reuse else torch.enable_grad():
+            with model.accumulating(i == len(batches) - 1, len(batches)) if reuse else torch.enable_grad():
                 (masked_lm_loss(model, batch, reduction="sum")[0] / total).backward()
         return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}, len(folds)
 
     expected, plain_folds = accumulate(reuse=False)
     got, reuse_folds = accumulate(reuse=True)
-    assert reuse_folds > 0 and plain_folds == 3 * reuse_folds
+    # every layer that folded per micro-batch folds once per step (a few more fold, their fold now paid once)
+    layers = sum(isinstance(m, layer.WIDLinear) for m in model.modules())
+    assert 0 < plain_folds / 3 <= reuse_folds <= layers
     assert set(got) == set(expected)
     for name, grad in expected.items():
         assert (grad - got[name]).abs().max() <= 1e-6, name
@@ -219,6 +221,25 @@ def test_trainer_folds_once_per_step_with_the_same_result(tmp_path, monkeypatch)
         return final_state(trainer)
 
     once, every = run("once"), run("every", wid_fold_once_per_step=False)
-    assert folds["once"] < folds["every"] / 2  # 4 micro-batches per step (the decoder is not folded either way)
+    layers = sum(isinstance(m, layer.WIDLinear) for m in get_wid_model(tiny_teacher(), WIDConfig(**SHAPE)).modules())
+    assert folds["once"] <= 16 * layers < folds["every"]  # at most once per layer and optimizer step (16 steps)
+    # The gradients agree to 1e-6 (above), but folding where the plain order did not rounds differently, and 16
+    # AdamW steps at compactor lr 1e-2 amplify that (Adam normalises tiny gradients); masks (in the state) must match.
     for name, value in once.items():
-        assert (value.float() - every[name].float()).abs().max() <= 1e-5, name
+        assert (value.float() - every[name].float()).abs().max() <= 5e-4, name
+
+
+def test_folding_once_counts_the_fold_once_when_choosing_the_order():
+    """An FFN-like chain (out 64, in 16) over 32 tokens: folding only R·W is cheapest per micro-batch, but with the
+    full fold paid once over 4 micro-batches folding everything is; the result is the same either way."""
+    g = torch.Generator().manual_seed(0)
+    right, weight, left, bias = (torch.randn(*shape, generator=g, requires_grad=True)
+                                 for shape in ((64, 64), (64, 16), (16, 16), (64,)))
+    x = torch.randn(32, 16, generator=g)
+    costs = layer.chain_costs(32, right, weight, left)
+    assert min(costs, key=costs.get) == "fold_rw"
+    expected = layer.apply_chain(x, right, weight, left, bias)
+    for micro_batches, folds in ((1, 0), (4, 1)):
+        reuse = layer.FoldReuse(micro_batches)
+        got = reuse.linear(torch.nn.Identity(), x, lambda: (right, weight, left, bias))
+        assert reuse.folds == folds and torch.allclose(got, expected, atol=1e-4, rtol=1e-5)

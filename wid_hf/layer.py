@@ -255,14 +255,17 @@ class FoldReuse:
     detached copy whose gradient accumulates; the last micro-batch multiplies by the fold itself, and a hook adds
     the earlier micro-batches' gradient on its way back, so the compactors and inherited weights receive
     ``J^T (g_1 + ... + g_A)`` in the last backward: the gradients of plain accumulation, up to rounding (tested to
-    1e-6), with the fold and its backward done once. All parameter gradients arrive in the last backward, which is
+    1e-6), with the fold and its backward done once. Since the fold is paid once per step, the order is chosen with
+    its cost shared by the step's micro-batches (the FFN layers of a MiniLM-sized model then fold instead of
+    applying a compactor per token). All parameter gradients arrive in the last backward, which is
     the one DDP synchronises. Layers whose cheapest order is not a fold (the MLM decoder at masked positions) run as
     usual. Use it through `WIDModel.accumulating` (WIDTrainer does, when ``gradient_accumulation_steps > 1``).
     """
 
-    def __init__(self):
+    def __init__(self, micro_batches: int = 1):
         self.entries: dict[nn.Module, list] = {}
         self.last = False
+        self.micro_batches = max(int(micro_batches), 1)
         self.folds = 0  # folds formed (for tests and benchmarks)
 
     def linear(self, module: nn.Module, x: torch.Tensor, factors) -> torch.Tensor:
@@ -270,6 +273,8 @@ class FoldReuse:
         if entry is None:
             right, weight, left, bias = factors()
             costs = chain_costs(x.numel() // x.shape[-1], right, weight, left)
+            once = min(_fold_costs(right, weight, left))  # a full fold is now paid once per micro_batches
+            costs["fold"] -= once - once // self.micro_batches
             if min(costs, key=costs.get) != "fold":
                 return apply_chain(x, right, weight, left, bias)
             w, b = fold_chain(right, weight, left, bias)

@@ -260,20 +260,21 @@ class WIDModel(nn.Module):
         pruner.wid_step(self, step, optimizer)
 
     @contextmanager
-    def accumulating(self, last: bool):
+    def accumulating(self, last: bool, micro_batches: int = 1):
         """Run one micro-batch's forward and backward of a gradient-accumulation step inside this context, with
         ``last=True`` for the step's last micro-batch: each layer's effective weight is then formed once per
         optimizer step instead of once per micro-batch (`wid_hf.layer.FoldReuse`; same gradients up to rounding).
+        ``micro_batches`` (the accumulation steps) lets each layer's product order count the fold once per step.
         Every micro-batch of the step must use it, and the parameters must not change until the last one's
         backward is done (as in any accumulation loop). WIDTrainer does this for you::
 
             for i, micro_batch in enumerate(micro_batches):
-                with wid_model.accumulating(last=i == len(micro_batches) - 1):
+                with wid_model.accumulating(last=i == len(micro_batches) - 1, micro_batches=len(micro_batches)):
                     loss_fn(wid_model, micro_batch).backward()
         """
         reuse = self.__dict__.get("_fold_reuse")
         if reuse is None:
-            reuse = self.__dict__["_fold_reuse"] = FoldReuse()
+            reuse = self.__dict__["_fold_reuse"] = FoldReuse(micro_batches)
         reuse.last = bool(last)
         self.masks.fold_reuse = reuse
         done = bool(last)

@@ -165,7 +165,8 @@ class WIDTrainer(ExactResumeMixin, Trainer):
     def training_step(self, model, inputs, num_items_in_batch=None):
         if self.args.gradient_accumulation_steps > 1 and getattr(self.args, "wid_fold_once_per_step", True):
             # Trainer marks the last micro-batch of each optimizer step with sync_gradients
-            with self.wid_model.accumulating(last=self.accelerator.sync_gradients):
+            with self.wid_model.accumulating(last=self.accelerator.sync_gradients,
+                                             micro_batches=self.args.gradient_accumulation_steps):
                 return super().training_step(model, inputs, num_items_in_batch)
         return super().training_step(model, inputs, num_items_in_batch)
 
