@@ -1,5 +1,6 @@
 """Run by test_trainer.py under `torchrun --nproc_per_node 2` (and `accelerate launch`): a short WIDTrainer run on
-CPU/gloo (optionally with gradient accumulation: argv[2]); every rank writes its masks and merged student to OUT/rank{N}.pt so the test can compare them."""
+CPU/gloo (optionally with gradient accumulation: argv[2]); every rank writes its masks and merged student to
+OUT/rank{N}.pt so the test can compare them."""
 
 import os
 import sys
