@@ -45,7 +45,10 @@ def target_widths(shape: str, target: str) -> tuple[int, int]:
     return TARGETS[target]
 
 
-def plan(shapes, batches, modes=("teacher", "student", "wid-pruning", "wid-hard")) -> list[dict]:
+MODES = ("teacher", "student", "wid-pruning", "wid-hard")
+
+
+def plan(shapes, batches, modes=MODES) -> list[dict]:
     """The configurations to measure: (mode, target, before) per shape and batch."""
     runs = []
     for shape in shapes:
@@ -104,9 +107,10 @@ def worker(args) -> dict:
             loss = model(**batch).loss if args.before else masked_lm_loss(model, batch)[0]
         loss.backward()
 
+    reuse = args.accumulation > 1 and args.fold_once and hasattr(model, "accumulating")
+
     def micro_batches():  # one optimizer step's forwards and backwards: --accumulation micro-batches of --batch
         for i in range(args.accumulation):
-            reuse = args.accumulation > 1 and args.fold_once and hasattr(model, "accumulating")
             last = i == args.accumulation - 1
             with model.accumulating(last, args.accumulation) if reuse else contextlib.nullcontext():
                 forward_backward()
@@ -131,7 +135,11 @@ def worker(args) -> dict:
         sync()
         times.append(time.perf_counter() - t0)
     result = {"step_s": statistics.median(times), "times": times}
-    if args.profile:  # where the time of one step goes, by operator (printed to stderr, the result stays on stdout)
+    if device.type == "cuda":
+        result["peak_mib"] = torch.cuda.max_memory_allocated() / 2**20
+    else:
+        result["peak_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    if args.profile:  # after the peak is read: where one step's time goes, by operator (stderr; result on stdout)
         from torch.profiler import ProfilerActivity, profile
 
         activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
@@ -141,10 +149,6 @@ def worker(args) -> dict:
             sync()
         key = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
         print(prof.key_averages().table(sort_by=key, row_limit=args.profile), file=sys.stderr)
-    if device.type == "cuda":
-        result["peak_mib"] = torch.cuda.max_memory_allocated() / 2**20
-    else:
-        result["peak_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     optimizer.zero_grad(set_to_none=True)
     counter = FlopCounterMode(display=False)
     with counter:
@@ -258,8 +262,7 @@ def main():
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32", help="bf16: autocast")
-    parser.add_argument("--modes", nargs="+", default=["teacher", "student", "wid-pruning", "wid-hard"],
-                        choices=["teacher", "student", "wid-pruning", "wid-hard"], help="measure only these runs")
+    parser.add_argument("--modes", nargs="+", default=list(MODES), choices=MODES, help="measure only these runs")
     parser.add_argument("--optimizer", choices=["foreach", "fused"], default="foreach",
                         help="AdamW implementation (fused: what Trainer uses by default)")
     parser.add_argument("--out", default=os.path.join(HERE, "results"))
@@ -292,7 +295,8 @@ def main():
             done = [json.loads(line) for line in f if line.strip()]
     rows = []
     for run in plan(args.shapes, args.batches, args.modes):
-        previous = next((r for r in done if all(r[k] == v for k, v in run.items()) and r["seq"] == args.seq), None)
+        settings = dict(seq=args.seq, accumulation=args.accumulation, optimizer=args.optimizer, fold_once=args.fold_once)
+        previous = next((r for r in done if all(r.get(k) == v for k, v in {**run, **settings}.items())), None)
         if previous is not None:
             rows.append(previous)
             continue
@@ -308,7 +312,7 @@ def main():
         if out.returncode != 0:
             raise SystemExit(f"{' '.join(cmd)} failed:\n{out.stderr[-3000:]}")
         result = json.loads(out.stdout.strip().splitlines()[-1])
-        rows.append({**run, "seq": args.seq, **result})
+        rows.append({**run, **settings, **result})
         with open(partial, "a") as f:
             f.write(json.dumps(rows[-1]) + "\n")
         print(f"{run['shape']} {run['batch']}x{args.seq} {run['mode']}{' (before)' if run['before'] else ''} "
