@@ -216,8 +216,17 @@ def write_table_and_chart(results, out, steps):
                f"{s['finetune_seeds']} (mean ± std)." if s.get("finetune_tasks") else "No fine-tuning in this run.")
             + f" Learning rates from the search in lr_search-{s.get('search_steps', 120)}.json where it covered "
             "the method; validation = the last sequences of the training corpus (held back), held-out = BBC News.")
+    hard = ["| WID run | hard-mask step | pruned norm just before | logged loss before → after |", "|---|---|---|---|"]
+    for name, e in results["methods"].items():
+        h = e.get("hard_masks")
+        if h:
+            hard.append(f"| {name} | {h['step']} | {h['pruned_norm_before']:.3f} | {h['loss_before']:.2f} (step "
+                        f"{h['loss_before_step']}) → {h['loss_after']:.2f} (step {h['loss_after_step']}) |")
     with open(os.path.join(out, f"quality-{steps}.md"), "w") as f:
         f.write(head + "\n\n" + "\n".join(rows) + "\n")
+        if len(hard) > 2:
+            f.write("\nEvery WID run at its hard-mask step (a large pruned norm or loss jump means hard masking was a "
+                    "cliff):\n\n" + "\n".join(hard) + "\n")
 
     import matplotlib
 
