@@ -220,8 +220,9 @@ def write_table_and_chart(results, out, steps):
     for name, e in results["methods"].items():
         h = e.get("hard_masks")
         if h:
-            hard.append(f"| {name} | {h['step']} | {h['pruned_norm_before']:.3f} | {h['loss_before']:.2f} (step "
-                        f"{h['loss_before_step']}) → {h['loss_after']:.2f} (step {h['loss_after_step']}) |")
+            num = lambda v, d: "-" if v is None else f"{v:.{d}f}"  # noqa: E731 (absent where nothing was logged)
+            hard.append(f"| {name} | {h['step']} | {num(h['pruned_norm_before'], 3)} | {num(h['loss_before'], 2)} "
+                        f"(step {h['loss_before_step']}) → {num(h['loss_after'], 2)} (step {h['loss_after_step']}) |")
     with open(os.path.join(out, f"quality-{steps}.md"), "w") as f:
         f.write(head + "\n\n" + "\n".join(rows) + "\n")
         if len(hard) > 2:

@@ -48,7 +48,11 @@ def test_quality_benchmark_smoke(tmp_path):
             assert entry["config"]["hidden_size"] == 24, name
     assert results["methods"]["wid-budget"]["hard_masks"]["step"] is not None
     assert (tmp_path / "results" / "quality-4.png").is_file()
-    assert "| wid-budget |" in (tmp_path / "results" / "quality-4.md").read_text()
+    table = (tmp_path / "results" / "quality-4.md").read_text()
+    assert "| wid-budget |" in table
+    hard_rows = table.split("hard-mask step")[-1]  # the second table: one row per WID run that reached hard masks
+    for name in ("wid-budget", "wid-reference", "wid+attention"):
+        assert f"| {name} | {results['methods'][name]['hard_masks']['step']} |" in hard_rows, name
     sweep = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "quality.py"), "--sweep-chart",
                             str(tmp_path / "results")], capture_output=True, text=True, timeout=300, env=env)
     assert sweep.returncode == 0, sweep.stderr[-4000:]
