@@ -217,10 +217,10 @@ def write_table_and_chart(results, out, steps):
             + f" Learning rates from the search in lr_search-{s.get('search_steps', 120)}.json where it covered "
             "the method; validation = the last sequences of the training corpus (held back), held-out = BBC News.")
     hard = ["| WID run | hard-mask step | pruned norm just before | logged loss before → after |", "|---|---|---|---|"]
+    num = lambda v, d: "-" if v is None else f"{v:.{d}f}"  # noqa: E731 (absent where nothing was logged)
     for name, e in results["methods"].items():
         h = e.get("hard_masks")
         if h:
-            num = lambda v, d: "-" if v is None else f"{v:.{d}f}"  # noqa: E731 (absent where nothing was logged)
             hard.append(f"| {name} | {h['step']} | {num(h['pruned_norm_before'], 3)} | {num(h['loss_before'], 2)} "
                         f"(step {h['loss_before_step']}) → {num(h['loss_after'], 2)} (step {h['loss_after_step']}) |")
     with open(os.path.join(out, f"quality-{steps}.md"), "w") as f:
