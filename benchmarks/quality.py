@@ -22,6 +22,9 @@ Measured: held-out masked-LM loss/accuracy on BBC News (not seen in training; fi
 accuracy on the Pang & Lee polarity sentences and BBC topics (fixed 80/20 splits, several seeds, mean ± std),
 parameters and wall time. Each budget writes benchmarks/results/quality-<steps>.{json,md,png}; each finished method is
 saved at once and a rerun skips it (and every pipeline job resumes), so a long run can be stopped and restarted.
+`--ablation NAME` runs one option of a method (ABLATIONS below, e.g. `decaying-ln`: WID budget mode with
+`layernorm_statistics="decaying"`) at --steps and the method's searched rate, with no fine-tuning, and writes
+ablations.{json,md} beside the method's own row of quality-<steps>.json; options are adopted on the validation split.
 `--sweep-chart` draws budget_sweep.{png,md} from every quality-<steps>.json. Run it in the background:
 
     nohup python benchmarks/quality.py --search --steps 120 --methods wid-budget etd-impt+mlm > runs/search.log 2>&1 &
@@ -54,18 +57,25 @@ RUNS = {
     "random+mlm": dict(method="random"),
 }
 METHODS = list(RUNS)
+# --ablation name -> (the method it changes, the settings it changes): one option measured against the method as run
+ABLATIONS = {
+    "decaying-ln": ("wid-budget", dict(layernorm_statistics="decaying")),
+}
 WID_COMPACTOR_RATIO = 0.1  # WID's compactor learning rate, as a fraction of the inherited weights' (every search)
 
 
-def run_method(name, a, steps, lr, workdir):
+def run_method(name, a, steps, lr, workdir, ablation=None):
     """One method through the same pipeline as `wid-hf compress` / `wid-hf baseline` (resumes; a finished run
-    returns its report)."""
+    returns its report). `ablation` (a key of ABLATIONS) changes the settings it names."""
     from wid_hf.pipeline import Job, run
 
     settings = dict(RUNS[name])
+    if ablation is not None:
+        settings.update(ABLATIONS[ablation][1])
     if settings["method"] == "wid":
         settings["compactor_learning_rate"] = lr * WID_COMPACTOR_RATIO
-    job = Job.create(output_dir=os.path.join(workdir, f"{name.replace('+', '_')}-{steps}-lr{lr:g}"),
+    tag = name + (f"+{ablation}" if ablation else "")
+    job = Job.create(output_dir=os.path.join(workdir, f"{tag.replace('+', '_')}-{steps}-lr{lr:g}"),
                      teacher=a.teacher, corpus="offline-wiki", eval_corpus="offline-bbc", max_seq_length=a.seq_len,
                      eval_sequences=a.eval_sequences, validation_sequences=a.validation_sequences,
                      cache_dir=os.path.join(workdir, "cache"), max_steps=steps, per_device_train_batch_size=a.batch,
@@ -137,13 +147,55 @@ def main():
         os.environ["WID_HF_TEST_CORPORA"], "polarity-en-pang&lee2.csv"))
     p.add_argument("--workdir", default=os.path.join(ROOT, "runs", "quality"))
     p.add_argument("--out", default=os.path.join(HERE, "results"))
+    p.add_argument("--ablation", nargs="+", choices=list(ABLATIONS),
+                   help="run these options of a method at --steps (its searched rate; no fine-tuning) and write "
+                        "ablations.json, beside the method's own numbers from quality-<steps>.json")
     a = p.parse_args()
     os.makedirs(a.out, exist_ok=True)
     if a.search:
         return search(a)
     chosen = _load(a.lr_from or os.path.join(a.out, "lr_search-120.json"), {}).get("chosen", {})
+    if a.ablation:
+        return ablations(a, chosen)
     for steps in a.steps:
         run_budget(a, steps, chosen)
+
+
+def ablations(a, chosen):
+    """Each --ablation at each --steps against its method's run in quality-<steps>.json (same setup and rate). The
+    decision to adopt an option is taken on the validation split; held-out numbers are recorded, not used."""
+    path = os.path.join(a.out, "ablations.json")
+    found = _load(path, {"runs": {}})
+    for steps in a.steps:
+        for name in a.ablation:
+            key = f"{name}@{steps}"
+            if key in found["runs"]:
+                continue
+            base, settings = ABLATIONS[name]
+            lr = chosen.get(base, a.lr)
+            report = run_method(base, a, steps, lr, a.workdir, ablation=name)
+            reference = _load(os.path.join(a.out, f"quality-{steps}.json"), {"methods": {}})["methods"].get(base, {})
+            found["runs"][key] = {
+                "option": name, "method": base, "settings": settings, "steps": steps, "learning_rate": lr,
+                "validation": report["validation"]["student"], "heldout": report["heldout"]["student"],
+                "train_seconds": report["training"]["seconds"], "hard_masks": report.get("hard_masks"),
+                "without": {k: reference.get(k) for k in ("validation", "heldout", "train_seconds", "hard_masks")}}
+            print(key, json.dumps({k: found["runs"][key][k] for k in ("validation", "without")}), flush=True)
+            _save(path, found)
+    rows = ["| option | steps | validation acc (loss) with | without | held-out acc with | without | train s with | "
+            "without |", "|---|---|---|---|---|---|---|---|"]
+
+    def acc(split, r):
+        return "-" if not r.get(split) else f"{r[split]['mlm_accuracy']:.3f} ({r[split]['mlm_loss']:.3f})"
+
+    for w in found["runs"].values():
+        o = w["without"]
+        rows.append(f"| {w['method']} + {w['option']} | {w['steps']} | {acc('validation', w)} | {acc('validation', o)} "
+                    f"| {acc('heldout', w)} | {acc('heldout', o)} | {w['train_seconds']:.0f} | "
+                    f"{o['train_seconds'] or 0:.0f} |")
+    with open(os.path.join(a.out, "ablations.md"), "w") as f:
+        f.write("Options measured against the method as benchmarked (same teacher, corpus, seed, steps and learning "
+                "rate; decided on the validation split).\n\n" + "\n".join(rows) + "\n")
 
 
 def run_budget(a, steps, chosen):
