@@ -61,6 +61,7 @@ METHODS = list(RUNS)
 ABLATIONS = {
     "decaying-ln": ("wid-budget", dict(layernorm_statistics="decaying")),
 }
+TASK_TITLES = {"bbc-topics": "BBC topics", "polarity": "polarity"}
 WID_COMPACTOR_RATIO = 0.1  # WID's compactor learning rate, as a fraction of the inherited weights' (every search)
 
 
@@ -247,8 +248,10 @@ def write_table_and_chart(results, out, steps):
 
     from wid_hf.utils import bert_mlm_parameter_count
 
-    rows = ["| method | params (decoder tied) | lr | train s | validation MLM acc | held-out MLM loss | held-out MLM acc | "
-            "BBC topics acc | polarity acc |", "|---|---|---|---|---|---|---|---|---|"]
+    # fine-tuning tasks that some method has results for: no empty columns or panels
+    tasks = [t for t in ("bbc-topics", "polarity") if any(t in e["finetune"] for e in results["methods"].values())]
+    rows = ["| method | params (decoder tied) | lr | train s | validation MLM acc | held-out MLM loss | held-out MLM acc |"
+            + "".join(f" {TASK_TITLES[t]} acc |" for t in tasks), "|---|---|---|---|---|---|---|" + "---|" * len(tasks)]
     vocab = results.get("vocab_size", 30522)
     for name, e in results["methods"].items():
         ft = e["finetune"]
@@ -259,7 +262,7 @@ def write_table_and_chart(results, out, steps):
         lr = f"{e['learning_rate']:g}" if e.get("learning_rate") else "-"
         rows.append(f"| {name} | {tied / 1e6:.1f}M | {lr} | {e['train_seconds']:.0f} | {val} | "
                     f"{e['heldout']['mlm_loss']:.3f} | "
-                    f"{e['heldout']['mlm_accuracy']:.3f} | {cell('bbc-topics')} | {cell('polarity')} |")
+                    f"{e['heldout']['mlm_accuracy']:.3f} |" + "".join(f" {cell(t)} |" for t in tasks))
     s = results["setup"]
     head = (f"Teacher {s['teacher']}; every method: {s['steps']} optimizer steps of {s['batch']}x{s['seq_len']} on the "
             f"offline Wikipedia leads, seed {s['seed']}, targets hidden {s['hidden']} / FFN {s['ffn']}; {results['device']}, "
@@ -287,12 +290,13 @@ def write_table_and_chart(results, out, steps):
     import matplotlib.pyplot as plt
 
     names = list(results["methods"])
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4.5))
+    fig, axes = plt.subplots(1, 1 + len(tasks), figsize=(5 * (1 + len(tasks)), 4.5), squeeze=False)
     panels = [("held-out MLM accuracy", lambda e: (e["heldout"]["mlm_accuracy"], 0.0))]
-    for task in ("bbc-topics", "polarity"):
-        panels.append((f"{task} accuracy", lambda e, t=task: (e["finetune"][t]["mean"], e["finetune"][t]["std"])
+    for task in tasks:
+        panels.append((f"{TASK_TITLES[task]} accuracy (fine-tuned)",
+                       lambda e, t=task: (e["finetune"][t]["mean"], e["finetune"][t]["std"])
                        if t in e["finetune"] else (0.0, 0.0)))
-    for ax, (title, get) in zip(axes, panels):
+    for ax, (title, get) in zip(axes[0], panels):
         values = [get(results["methods"][n]) for n in names]
         ax.barh(names, [v[0] for v in values], xerr=[v[1] for v in values],
                 color=["grey" if n == "teacher" else "tab:blue" if n.startswith("wid") else "tab:orange" for n in names])
