@@ -5,7 +5,6 @@ import os
 
 import pytest
 import torch
-import torch.nn.functional as F
 from conftest import mlm_dataset, random_batch, tiny_teacher
 from transformers import default_data_collator
 
@@ -113,53 +112,11 @@ def test_monotone_masks_never_unprune():
     assert not nested(pruned_sets(monotone=False))  # the reference re-selects from scratch: the test can fail
 
 
-def test_decaying_layernorm_statistics_move_from_the_teachers_to_the_students():
-    config = WIDConfig(target_ratio=0.5, mask_interval=2, pruning_intervals=2, decay="linear", warmup_l2=0.0,
-                       layernorm_statistics="decaying")
-    model = get_wid_model(tiny_teacher(), config)
-    hard = model.hard_mask_step
-    norm = model.groups["hidden"].norms[1]  # an encoder LayerNorm of the hidden stream
-    ln = norm.base_layer
-    x = torch.randn(3, 5, ln.normalized_shape[0], generator=torch.Generator().manual_seed(0)) * 4 + 1
-    model.update_masks(2)
-    kept = model.masks.get("hidden")
-    assert not bool(kept.all())
-    with torch.no_grad():  # just pruned: still the teacher's statistics (every dim counts fully)
-        assert torch.allclose(norm(x), F.layer_norm(x, ln.normalized_shape, ln.weight, ln.bias, ln.eps), atol=1e-6)
-    param, how = next(iter(model.groups["hidden"].compactor_entries()))
-    start = param.detach().clone()
-    where = broadcast_mask(~kept, how).expand_as(param) & (start != 0)  # identity: the diagonal entries
-    share = model.masks.statistics_weight("hidden")
-    for step in range(3, hard):
-        pruner.apply_decay(model, step)
-        ratio = (param[where] / start[where]).reshape(-1)  # what the decay has left of each pruned entry
-        fraction = (hard - step) / (hard - 2)
-        assert torch.allclose(ratio, torch.full_like(ratio, fraction), atol=1e-6)
-        assert torch.allclose(share[~kept], torch.full_like(share[~kept], fraction), atol=1e-6)
-        assert bool((share[kept] == 1).all())
-    with torch.no_grad():  # midway: the weighted statistics, between the teacher's and the kept-only ones
-        w = share / share.sum()
-        mean = (x * w).sum(-1, keepdim=True)
-        var = ((x - mean) ** 2 * w).sum(-1, keepdim=True)
-        expected = (x - mean) / torch.sqrt(var + ln.eps) * ln.weight + ln.bias
-        assert torch.allclose(norm(x), expected, atol=1e-5)
-    pruner.finalize_masks(model)
-    model.masks.student_path = False  # the full path, whose input still has every dim
-    with torch.no_grad():  # hard masks: the student's statistics over the kept dims only
-        k = x[..., model.masks.get("hidden")]
-        var, mean = torch.var_mean(k, dim=-1, keepdim=True, correction=0)
-        expected = ((x - mean) * torch.rsqrt(var + ln.eps) * ln.weight + ln.bias) * model.masks.get("hidden")
-        assert torch.allclose(norm(x), expected, atol=1e-5)
-    with pytest.raises(ValueError, match="needs decay='linear'"):
-        WIDConfig(target_ratio=0.5, layernorm_statistics="decaying")
-
-
-def budget_trainer(out, steps=40, head_strategy="dim", wid=None, **kw):
+def budget_trainer(out, steps=40, head_strategy="dim", **kw):
     args = WIDTrainingArguments(output_dir=str(out), per_device_train_batch_size=8, max_steps=steps, learning_rate=1e-3,
                                 compactor_learning_rate=1e-3, logging_steps=1, report_to=[], seed=0, data_seed=0,
                                 use_cpu=True, disable_tqdm=True, dataloader_num_workers=0, **kw)
-    config = WIDConfig.for_budget(steps, target_hidden_size=24, target_intermediate_size=40, head_strategy=head_strategy,
-                                  **(wid or {}))
+    config = WIDConfig.for_budget(steps, target_hidden_size=24, target_intermediate_size=40, head_strategy=head_strategy)
     return WIDTrainer(model=tiny_teacher(), wid_config=config, args=args, train_dataset=mlm_dataset(),
                       data_collator=default_data_collator)
 
@@ -184,18 +141,15 @@ def test_budget_mode_reaches_its_targets_early_and_merges_exactly(tmp_path, stra
     assert pruned_count(config, dims, "ffn", config.pruning_start + config.mask_interval - 1) == 0
 
 
-@pytest.mark.parametrize("statistics", ["kept", "decaying"])
-def test_resume_mid_pruning_with_taylor_scores_is_exact(tmp_path, statistics):
-    wid = {"layernorm_statistics": statistics}
-    full = budget_trainer(tmp_path / "a", save_strategy="steps", save_steps=8, wid=wid)
+def test_resume_mid_pruning_with_taylor_scores_is_exact(tmp_path):
+    full = budget_trainer(tmp_path / "a", save_strategy="steps", save_steps=8)
     full.train()
     expected = {k: v.detach().clone() for k, v in full.wid_model.state_dict().items()}
     checkpoint = tmp_path / "a" / "checkpoint-8"  # mid-pruning: selections at steps 6 and 8 happened, more follow
     assert os.path.isfile(checkpoint / "wid_model.safetensors")
-    resumed = budget_trainer(tmp_path / "a", save_strategy="steps", save_steps=8, wid=wid)
+    resumed = budget_trainer(tmp_path / "a", save_strategy="steps", save_steps=8)
     resumed.train(resume_from_checkpoint=str(checkpoint))
     got = resumed.wid_model.state_dict()
     assert any(k.startswith("masks.score_") for k in expected)  # the scores are part of the saved state
-    assert any(k.startswith("masks.stat_") for k in expected) == (statistics == "decaying")
     for name, value in expected.items():
         assert torch.allclose(value.float(), got[name].float(), atol=1e-6, rtol=0), name

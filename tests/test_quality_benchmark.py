@@ -54,15 +54,15 @@ def test_quality_benchmark_smoke(tmp_path):
     for name in ("wid-budget", "wid-reference", "wid+attention"):
         assert f"| {name} | {results['methods'][name]['hard_masks']['step']} |" in hard_rows, name
     # an ablation: one option of a method against the method's row above, decided on the validation split
-    ablation = subprocess.run(common + ["--ablation", "decaying-ln", "--lr-from",
+    ablation = subprocess.run(common + ["--ablation", "non-monotone", "--lr-from",
                                         str(tmp_path / "results" / "lr_search-4.json")],
                               capture_output=True, text=True, timeout=900, env=env)
     assert ablation.returncode == 0, ablation.stderr[-4000:]
-    run = json.loads((tmp_path / "results" / "ablations.json").read_text())["runs"]["decaying-ln@4"]
-    assert run["settings"] == {"layernorm_statistics": "decaying"} and run["method"] == "wid-budget"
+    run = json.loads((tmp_path / "results" / "ablations.json").read_text())["runs"]["non-monotone@4"]
+    assert run["settings"] == {"monotone_masks": False} and run["method"] == "wid-budget"
     assert run["without"]["validation"] == results["methods"]["wid-budget"]["validation"]
     assert 0 <= run["validation"]["mlm_accuracy"] <= 1
-    assert "| wid-budget + decaying-ln | 4 |" in (tmp_path / "results" / "ablations.md").read_text()
+    assert "| wid-budget + non-monotone | 4 |" in (tmp_path / "results" / "ablations.md").read_text()
     sweep = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "quality.py"), "--sweep-chart",
                             str(tmp_path / "results")], capture_output=True, text=True, timeout=300, env=env)
     assert sweep.returncode == 0, sweep.stderr[-4000:]

@@ -23,7 +23,6 @@ __all__ = ["WIDConfig", "TeacherDims", "PRESETS", "CONFIG_NAME"]
 HEAD_STRATEGIES = ("dim", "head")
 MASK_SCORINGS = ("reference", "aggregate", "taylor")
 DECAYS = ("reference", "linear")
-LAYERNORM_STATISTICS = ("kept", "decaying")
 
 
 @dataclass(frozen=True)
@@ -153,15 +152,6 @@ class WIDConfig:
             "re-selects from scratch, so an index can come back)."
         },
     )
-    layernorm_statistics: Literal["kept", "decaying"] = field(
-        default="kept",
-        metadata={
-            "help": "While pruning, what the LayerNorms of a group average over. 'kept': the kept dims only (the "
-            "student's statistics from the moment an index is pruned). 'decaying': every dim, each weighted by how "
-            "much of its value the linear decay has left (1 kept, falling to 0 at the hard-mask step), so the "
-            "statistics move smoothly from the teacher's to the student's. 'decaying' needs decay='linear'."
-        },
-    )
     pruning_start: int = field(
         default=0,
         metadata={"help": "Optimizer steps before the schedule's clock starts (the first selection comes one "
@@ -175,12 +165,6 @@ class WIDConfig:
             raise ValueError(f"mask_scoring must be one of {MASK_SCORINGS}, got {self.mask_scoring!r}.")
         if self.decay not in DECAYS:
             raise ValueError(f"decay must be one of {DECAYS}, got {self.decay!r}.")
-        if self.layernorm_statistics not in LAYERNORM_STATISTICS:
-            raise ValueError(f"layernorm_statistics must be one of {LAYERNORM_STATISTICS}, "
-                             f"got {self.layernorm_statistics!r}.")
-        if self.layernorm_statistics == "decaying" and self.decay != "linear":
-            raise ValueError("layernorm_statistics='decaying' follows the linear decay of pruned entries: it needs "
-                             "decay='linear' (e.g. WIDConfig.for_budget).")
         if self.decay == "linear" and not self.hard_masks:
             raise ValueError("decay='linear' reaches zero at the hard-mask step: it needs hard_masks=True.")
         if not isinstance(self.pruning_start, int) or self.pruning_start < 0:

@@ -32,15 +32,12 @@ class WIDMasks(nn.Module):
     # set by `WIDModel.accumulating` for the micro-batches of one optimizer step (not saved): see `FoldReuse`
     fold_reuse: Optional["FoldReuse"] = None
 
-    def __init__(self, group_sizes: dict[str, int], device=None, scores: bool = False,
-                 statistics_weights: bool = False):
+    def __init__(self, group_sizes: dict[str, int], device=None, scores: bool = False):
         super().__init__()
         for name, size in group_sizes.items():
             self.register_buffer(name, torch.ones(size, dtype=torch.bool, device=device))
             if scores:  # importance accumulated over steps (Taylor scoring): part of the state, for exact resume
                 self.register_buffer(f"score_{name}", torch.zeros(size, dtype=torch.float32, device=device))
-            if statistics_weights:  # layernorm_statistics="decaying": each dim's weight in the LayerNorm statistics
-                self.register_buffer(f"stat_{name}", torch.ones(size, dtype=torch.float32, device=device))
         self.register_buffer("hard", torch.zeros((), dtype=torch.bool, device=device))
         self.group_names = tuple(group_sizes)
         self._cache: dict = {}
@@ -52,17 +49,9 @@ class WIDMasks(nn.Module):
     def get(self, group: str) -> torch.Tensor:
         return getattr(self, group)
 
-    def statistics_weight(self, group: str) -> Optional[torch.Tensor]:
-        """Each dim's weight in the group's LayerNorm statistics while pruning (``layernorm_statistics=
-        "decaying"``: 1 while kept, then the fraction of its value the linear decay has left), else None."""
-        return getattr(self, f"stat_{group}", None)
-
     def set(self, group: str, kept: torch.Tensor) -> None:
         buf = self.get(group)
         buf.copy_(kept.to(device=buf.device, dtype=torch.bool))
-        weight = self.statistics_weight(group)
-        if weight is not None:  # kept dims count fully; a newly pruned dim starts at 1 and decays from there
-            weight.masked_fill_(buf, 1.0)
         self._cache.clear()
 
     def set_hard(self, value: bool) -> None:
@@ -310,8 +299,6 @@ class MaskedLayerNorm(_MaskUser):
     """LayerNorm whose mean and variance are taken over the kept dims of its group only (HF numerics: biased
     variance, the teacher's eps). Pruned dims are normalised with the kept statistics and scaled by their own
     (decaying) weight; under hard masks they are exactly zero. With nothing pruned it is the teacher's LayerNorm.
-    Under ``layernorm_statistics="decaying"`` the statistics take every dim while pruning, weighted by the masks'
-    `statistics_weight` (a weighted mean and biased variance), so they reach the kept-only ones at hard masks.
     """
 
     def __init__(self, base_layer: nn.LayerNorm, masks: WIDMasks, group: str):
@@ -340,14 +327,8 @@ class MaskedLayerNorm(_MaskUser):
         if masks.is_complete(self.group):
             return F.layer_norm(x, ln.normalized_shape, ln.weight, ln.bias, ln.eps)
         weight, bias = self.effective_weight_and_bias()
-        share = masks.statistics_weight(self.group)
-        if share is not None and not masks.is_hard:  # every dim, weighted by what its decay has left
-            share = (share / share.sum()).to(x.dtype)
-            mean = (x * share).sum(-1, keepdim=True)
-            var = ((x - mean).square() * share).sum(-1, keepdim=True)
-        else:
-            kept = x.index_select(-1, masks.kept_index(self.group))
-            var, mean = torch.var_mean(kept, dim=-1, keepdim=True, correction=0)
+        kept = x.index_select(-1, masks.kept_index(self.group))
+        var, mean = torch.var_mean(kept, dim=-1, keepdim=True, correction=0)
         return (x - mean) * torch.rsqrt(var + ln.eps) * weight + bias
 
 

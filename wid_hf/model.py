@@ -119,8 +119,7 @@ class WIDModel(nn.Module):
             groups.append(("pooler", "pooler", dims.hidden_size))
         sizes = {name: size for name, _, size in groups}
         self.masks = WIDMasks(sizes, device=next(model.parameters()).device,
-                              scores=self.wid_config.mask_scoring == "taylor",
-                              statistics_weights=self.wid_config.layernorm_statistics == "decaying")
+                              scores=self.wid_config.mask_scoring == "taylor")
         for name, kind, size in groups:
             block = dims.head_size if kind in ("hidden", "attention") else None
             self.groups[name] = MaskGroup(name=name, kind=kind, size=size, block_size=block)

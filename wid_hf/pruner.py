@@ -143,8 +143,7 @@ def apply_decay(model, step: int, optimizer: Optional[torch.optim.Optimizer] = N
     """``decay="linear"``: before optimizer step `step`, scale every pruned entry (compactor rows/columns and the
     group's LayerNorm and bias entries) by ``(T - step) / (T - step + 1)``, T the hard-mask step, and clear its
     gradient and optimizer state. Over the steps since an index was pruned these factors multiply to a linear
-    ramp from its value then to exactly zero at T, whatever the learning rate, clipping or Adam state. Under
-    ``layernorm_statistics="decaying"`` the dim's weight in the LayerNorm statistics shrinks by the same factors."""
+    ramp from its value then to exactly zero at T, whatever the learning rate, clipping or Adam state."""
     if model.masks.is_hard or _warmup_l2(model, step):
         return
     hard = model.hard_mask_step
@@ -154,9 +153,6 @@ def apply_decay(model, step: int, optimizer: Optional[torch.optim.Optimizer] = N
         pruned = ~model.masks.get(group.name)
         if not bool(pruned.any()):
             continue
-        share = model.masks.statistics_weight(group.name)
-        if share is not None:  # the LayerNorm statistics follow the same ramp
-            share.copy_(torch.where(pruned, share * factor, share))
         for param, how in group.penalised_tensors():
             where = broadcast_mask(pruned, how)
             param.copy_(torch.where(where, param * factor, param))
