@@ -335,7 +335,7 @@ def sweep_chart(out):
     with open(os.path.join(out, "budget_sweep.md"), "w") as f:
         f.write("Held-out masked-LM accuracy (BBC News) by training budget; training seconds in brackets.\n\n"
                 + "\n".join(rows) + "\n")
-    fig, (ax_s, ax_t) = plt.subplots(1, 2, figsize=(11, 4))
+    fig, (ax_s, ax_t) = plt.subplots(1, 2, figsize=(13, 4.2))
     for name, points in series.items():
         if name == "teacher":
             for ax in (ax_s, ax_t):
@@ -345,8 +345,10 @@ def sweep_chart(out):
         ax_s.plot(steps, acc, marker="o", label=name)
         ax_t.plot(seconds, acc, marker="o", label=name)
     ax_s.set(xscale="log", xlabel="optimizer steps (8 x 128)", ylabel="held-out MLM accuracy", title="Equal steps")
+    ax_s.set_xticks(sorted(budgets), [str(s) for s in sorted(budgets)])  # the budgets themselves, not 10^k ticks
+    ax_s.minorticks_off()
     ax_t.set(xscale="log", xlabel="training wall time, s (2 CPU cores)", title="Equal wall time")
-    ax_s.legend(fontsize="small")
+    ax_t.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.02, 1.0))  # beside the plots, not on the data
     fig.tight_layout()
     fig.savefig(os.path.join(out, "budget_sweep.png"), dpi=110)
     plt.close(fig)
