@@ -281,8 +281,9 @@ def write_table_and_chart(results, out, steps):
         if h:
             hard.append(f"| {name} | {h['step']} | {num(h['pruned_norm_before'], 3)} | {num(h['loss_before'], 2)} "
                         f"(step {h['loss_before_step']}) → {num(h['loss_after'], 2)} (step {h['loss_after_step']}) |")
+    notes = "".join(f"\n\nNote: {n}" for n in results.get("notes", []))  # reruns and caveats, kept with the data
     with open(os.path.join(out, f"quality-{steps}.md"), "w") as f:
-        f.write(head + "\n\n" + "\n".join(rows) + "\n")
+        f.write(head + notes + "\n\n" + "\n".join(rows) + "\n")
         if len(hard) > 2:
             f.write("\nEvery WID run at its hard-mask step (a large pruned norm or loss jump means hard masking was a "
                     "cliff):\n\n" + "\n".join(hard) + "\n")
