@@ -199,7 +199,8 @@ def ablations(a, chosen):
                     f"{o['train_seconds'] or 0:.0f} |")
     with open(os.path.join(a.out, "ablations.md"), "w") as f:
         f.write("Options measured against the method as benchmarked (same teacher, corpus, seed, steps and learning "
-                "rate; decided on the validation split).\n\n" + "\n".join(rows) + "\n")
+                "rate; decided on the validation split).\n\n" + "".join(f"Note: {n}\n\n" for n in found.get("notes", []))
+                + "\n".join(rows) + "\n")
 
 
 def run_budget(a, steps, chosen):
