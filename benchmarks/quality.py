@@ -23,8 +23,9 @@ accuracy on the Pang & Lee polarity sentences and BBC topics (fixed 80/20 splits
 parameters and wall time. Each budget writes benchmarks/results/quality-<steps>.{json,md,png}; each finished method is
 saved at once and a rerun skips it (and every pipeline job resumes), so a long run can be stopped and restarted.
 `--ablation NAME` runs one option of a method (ABLATIONS below, e.g. `reference-decay`: WID budget mode with the
-paper's Adam-routed penalty instead of the linear decay) at --steps and the method's searched rate, with no fine-tuning, and writes
-ablations.{json,md} beside the method's own row of quality-<steps>.json; options are adopted on the validation split.
+paper's Adam-routed penalty instead of the linear decay) at --steps and the method's searched rate, with no
+fine-tuning, and writes ablations.{json,md} beside the method's own row of quality-<steps>.json; options are adopted
+on the validation split.
 `--sweep-chart` draws budget_sweep.{png,md} from every quality-<steps>.json. Run it in the background:
 
     nohup python benchmarks/quality.py --search --steps 120 --methods wid-budget etd-impt+mlm > runs/search.log 2>&1 &
@@ -198,9 +199,9 @@ def ablations(a, chosen):
                     f"| {acc('heldout', w)} | {acc('heldout', o)} | {w['train_seconds']:.0f} | "
                     f"{o['train_seconds'] or 0:.0f} |")
     with open(os.path.join(a.out, "ablations.md"), "w") as f:
+        notes = "".join(f"Note: {n}\n\n" for n in found.get("notes", []))
         f.write("Options measured against the method as benchmarked (same teacher, corpus, seed, steps and learning "
-                "rate; decided on the validation split).\n\n" + "".join(f"Note: {n}\n\n" for n in found.get("notes", []))
-                + "\n".join(rows) + "\n")
+                "rate; decided on the validation split).\n\n" + notes + "\n".join(rows) + "\n")
 
 
 def run_budget(a, steps, chosen):
@@ -254,8 +255,9 @@ def write_table_and_chart(results, out, steps):
 
     # fine-tuning tasks that some method has results for: no empty columns or panels
     tasks = [t for t in ("bbc-topics", "polarity") if any(t in e["finetune"] for e in results["methods"].values())]
-    rows = ["| method | params (decoder tied) | lr | train s | validation MLM acc | held-out MLM loss | held-out MLM acc |"
-            + "".join(f" {TASK_TITLES[t]} acc |" for t in tasks), "|---|---|---|---|---|---|---|" + "---|" * len(tasks)]
+    rows = ["| method | params (decoder tied) | lr | train s | validation MLM acc | held-out MLM loss | "
+            "held-out MLM acc |" + "".join(f" {TASK_TITLES[t]} acc |" for t in tasks),
+            "|---|---|---|---|---|---|---|" + "---|" * len(tasks)]
     vocab = results.get("vocab_size", 30522)
     for name, e in results["methods"].items():
         ft = e["finetune"]
