@@ -26,7 +26,8 @@ saved at once and a rerun skips it (and every pipeline job resumes), so a long r
 paper's Adam-routed penalty instead of the linear decay) at --steps and the method's searched rate, with no
 fine-tuning, and writes ablations.{json,md} beside the method's own row of quality-<steps>.json; options are adopted
 on the validation split.
-`--sweep-chart` draws budget_sweep.{png,md} from every quality-<steps>.json. Run it in the background:
+`--sweep-chart` draws budget_sweep.{png,md} from every quality-<steps>.json; `--seeds-table OUT FILE...` writes
+seeds-<steps>.{json,md} from runs of one budget with different --seed values. Run it in the background:
 
     nohup python benchmarks/quality.py --search --steps 120 --methods wid-budget etd-impt+mlm > runs/search.log 2>&1 &
     nohup python benchmarks/quality.py --steps 600 --methods wid-budget etd-impt+mlm > runs/q600.log 2>&1 &
@@ -358,8 +359,46 @@ def sweep_chart(out):
     plt.close(fig)
 
 
+def seeds_table(out, paths, methods=("wid-budget", "etd-impt+mlm")):
+    """seeds-<steps>.{json,md}: the same budget run with several --seed values (one quality-<steps>.json each, e.g.
+    from `--seed 1 --out DIR`), masked-LM accuracy as mean ± std over the seeds and per seed."""
+    import statistics
+
+    runs = [_load(p, {}) for p in paths]
+    steps = {r["setup"]["steps"] for r in runs}
+    if len(steps) != 1:
+        raise SystemExit(f"--seeds-table needs runs of one budget, got steps {sorted(steps)}")
+    steps = steps.pop()
+    table = {"steps": steps, "files": list(paths), "methods": {}}
+    for name in methods:
+        table["methods"][name] = {str(r["setup"]["seed"]): {k: r["methods"][name][k] for k in
+                                                            ("validation", "heldout", "train_seconds")}
+                                  for r in runs if name in r["methods"]}
+    _save(os.path.join(out, f"seeds-{steps}.json"), table)
+
+    def spread(values):
+        std = statistics.stdev(values) if len(values) > 1 else 0.0
+        return f"{statistics.mean(values):.3f} ± {std:.3f}"
+
+    rows = ["| method | validation acc | held-out acc | held-out per seed | train s per seed |", "|---|---|---|---|---|"]
+    for name, by_seed in table["methods"].items():
+        seeds = sorted(by_seed, key=int)
+        val = [by_seed[s]["validation"]["mlm_accuracy"] for s in seeds]
+        held = [by_seed[s]["heldout"]["mlm_accuracy"] for s in seeds]
+        rows.append(f"| {name} | {spread(val)} | {spread(held)} | "
+                    + " / ".join(f"{h:.3f}" for h in held) + " | "
+                    + " / ".join(f"{by_seed[s]['train_seconds']:.0f}" for s in seeds) + " |")
+    with open(os.path.join(out, f"seeds-{steps}.md"), "w") as f:
+        seeds = sorted({s for by_seed in table["methods"].values() for s in by_seed}, key=int)
+        f.write(f"Masked-LM accuracy at {steps} steps over training seeds {', '.join(seeds)} (mean ± std, then per "
+                "seed in that order; --seed changes the training order and any random initialisation).\n\n"
+                + "\n".join(rows) + "\n")
+
+
 if __name__ == "__main__":
     if sys.argv[1:2] == ["--sweep-chart"]:  # budget_sweep.{md,png} from the quality-<steps>.json files
         sweep_chart(sys.argv[2] if len(sys.argv) > 2 else os.path.join(HERE, "results"))
+    elif sys.argv[1:2] == ["--seeds-table"]:  # --seeds-table OUT quality-<steps>.json [...]: one per seed
+        seeds_table(sys.argv[2], sys.argv[3:])
     else:
         main()

@@ -67,3 +67,10 @@ def test_quality_benchmark_smoke(tmp_path):
                             str(tmp_path / "results")], capture_output=True, text=True, timeout=300, env=env)
     assert sweep.returncode == 0, sweep.stderr[-4000:]
     assert (tmp_path / "results" / "budget_sweep.png").is_file()
+    seeds = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "quality.py"), "--seeds-table",
+                            str(tmp_path), str(tmp_path / "results" / "quality-4.json")],
+                           capture_output=True, text=True, timeout=300, env=env)
+    assert seeds.returncode == 0, seeds.stderr[-4000:]
+    by_seed = json.loads((tmp_path / "seeds-4.json").read_text())["methods"]["wid-budget"]
+    assert by_seed["0"]["heldout"] == results["methods"]["wid-budget"]["heldout"]
+    assert "| wid-budget |" in (tmp_path / "seeds-4.md").read_text()
