@@ -198,7 +198,7 @@ def ablations(a, chosen):
         o = w["without"]
         rows.append(f"| {w['method']} + {w['option']} | {w['steps']} | {acc('validation', w)} | {acc('validation', o)} "
                     f"| {acc('heldout', w)} | {acc('heldout', o)} | {w['train_seconds']:.0f} | "
-                    f"{o['train_seconds'] or 0:.0f} |")
+                    + ("-" if o.get("train_seconds") is None else f"{o['train_seconds']:.0f}") + " |")
     with open(os.path.join(a.out, "ablations.md"), "w") as f:
         notes = "".join(f"Note: {n}\n\n" for n in found.get("notes", []))
         f.write("Options measured against the method as benchmarked (same teacher, corpus, seed, steps and learning "
@@ -364,6 +364,9 @@ def seeds_table(out, paths, methods=("wid-budget", "etd-impt+mlm")):
     from `--seed 1 --out DIR`), masked-LM accuracy as mean ± std over the seeds and per seed."""
     import statistics
 
+    missing = [p for p in paths if not os.path.isfile(p)]
+    if not paths or missing:
+        raise SystemExit(f"--seeds-table OUT FILE...: give one quality-<steps>.json per seed; not found: {missing}")
     runs = [_load(p, {}) for p in paths]
     steps = {r["setup"]["steps"] for r in runs}
     if len(steps) != 1:
