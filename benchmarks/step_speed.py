@@ -12,7 +12,8 @@ micro-batches) are counted with `torch.utils.flop_counter`. Ratios are to the pl
     python benchmarks/step_speed.py --shapes minilm --batches 8 --accumulation 4 [--no-fold-once]
 
 "before" rows are the code as it was: the full path under hard masks (teacher-size R·W·L products, masks
-multiplied in) and the MLM head at every position (transformers' own loss). Writes
+multiplied in) and the MLM head at every position (transformers' own loss). "wid-hard-whole" is the student path
+with whole compactors (before `WIDModel.compact_compactors`); "wid-hard" compacts them, the default. Writes
 benchmarks/results/step_speed.{json,md}.
 """
 
@@ -45,7 +46,9 @@ def target_widths(shape: str, target: str) -> tuple[int, int]:
     return TARGETS[target]
 
 
-MODES = ("teacher", "student", "wid-pruning", "wid-hard")
+# wid-hard: the default (student path, compactors compacted to their kept slices); wid-hard-whole: the student path
+# with whole compactors (pruned rows/columns kept as zero parameters with gradients and AdamW state)
+MODES = ("teacher", "student", "wid-pruning", "wid-hard", "wid-hard-whole")
 
 
 def plan(shapes, batches, modes=MODES) -> list[dict]:
@@ -61,6 +64,7 @@ def plan(shapes, batches, modes=MODES) -> list[dict]:
             runs += [dict(common, mode="wid-pruning", target="half", before=b) for b in (True, False)]
             # the full path ("before") forms teacher-size products whatever the target: measured at half width only
             runs += [dict(common, mode="wid-hard", target="half", before=True)]
+            runs += [dict(common, mode="wid-hard-whole", target="half", before=False)]
             runs += [dict(common, mode="wid-hard", target=t, before=False) for t in targets]
     return [r for r in runs if r["mode"] in modes]
 
@@ -89,6 +93,7 @@ def worker(args) -> dict:
         if args.mode == "wid-pruning":  # masks partly grown, soft: the masked LayerNorm path is active
             model.update_masks(1)
         else:
+            model.compact_at_hard_masks = args.mode == "wid-hard"
             model.finalize_masks()
             model.student_path = not args.before
     model.to(device).train()

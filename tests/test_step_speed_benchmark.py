@@ -18,10 +18,12 @@ def test_step_speed_benchmark_smoke(tmp_path):
     rows = json.loads((tmp_path / "speed.json").read_text())["rows"]
     runs = {(r["mode"], r["before"]) for r in rows}
     assert runs == {("teacher", True), ("teacher", False), ("student", False), ("wid-pruning", True),
-                    ("wid-pruning", False), ("wid-hard", True), ("wid-hard", False)}
+                    ("wid-pruning", False), ("wid-hard", True), ("wid-hard", False), ("wid-hard-whole", False)}
     assert all(r["step_s"] > 0 and r["peak_mib"] > 0 and r["gflop"] > 0 for r in rows)
     hard = {r["before"]: r["gflop"] for r in rows if r["mode"] == "wid-hard"}
     assert hard[False] < hard[True]  # the student path and the masked-position head do less work
+    whole = next(r["gflop"] for r in rows if r["mode"] == "wid-hard-whole")
+    assert whole == pytest.approx(hard[False])  # compacting changes storage and optimizer work, not the products
     table = (tmp_path / "speed.md").read_text()
     assert "| tiny | 2x16 | wid-hard (before) | 24x48 |" in table and "| tiny | 2x16 | wid-hard | 24x48 |" in table
 

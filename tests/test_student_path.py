@@ -59,16 +59,69 @@ def test_student_path_trains_exactly_like_the_full_path(strategy):
         hidden = student_path.base_model.bert(**batch).last_hidden_state
     assert hidden.shape[-1] == 24
 
+    assert student_path.compactors_compacted and not full_path.compactors_compacted
     train_steps(student_path)
     train_steps(full_path)
-    # ...and every parameter, mask and the merged student end up the same
-    for (name, a), (_, b) in zip(student_path.named_parameters(), full_path.named_parameters()):
-        assert (a - b).abs().max() <= 1e-6, name
+    # ...and every parameter (compacted compactors compared at their whole shape), mask and the merged student
+    # end up the same
+    expected = full_path.wid_state_dict()
+    for name, value in student_path.wid_state_dict().items():
+        assert (value.float() - expected[name].float()).abs().max() <= 1e-6, name
     assert all(torch.equal(student_path.masks.get(g), full_path.masks.get(g)) for g in student_path.groups)
     merged_a = student_path.merge_and_unload(progressbar=False).state_dict()
     merged_b = full_path.merge_and_unload(progressbar=False).state_dict()
     for name, value in merged_a.items():
         assert (value - merged_b[name]).abs().max() <= 1e-6, name
+
+
+def test_compacting_mid_training_changes_nothing_and_frees_the_pruned_slices():
+    """Soft masks -> the hard-mask step inside an AdamW loop (state present): compacting there (the default) trains
+    exactly like keeping whole compactors, with the pruned rows/columns gone from parameters and Adam's state."""
+    def run(compact):
+        torch.manual_seed(0)
+        model = get_wid_model(tiny_teacher(), WIDConfig(**SHAPE))
+        model.compact_at_hard_masks = compact
+        perturb_compactors(model, scale=0.05)
+        model.to(DEVICE).train()
+        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.01, eps=1e-6)
+        for step in range(1, model.hard_mask_step + 4):  # three steps past the switch
+            optimizer.zero_grad()
+            masked_lm_loss(model, mlm_batch(seed=step))[0].backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            model.wid_step(step, optimizer)
+            optimizer.step()
+        return model, optimizer
+
+    compacted, optimizer = run(True)
+    whole, _ = run(False)
+    assert compacted.compactors_compacted and compacted.masks.is_hard and not whole.compactors_compacted
+    layer0 = compacted.base_model.bert.encoder.layer[0]
+    ffn_in = layer0.intermediate.dense
+    assert ffn_in.compactor_in.shape == (48, 24) and ffn_in.compactor_out.shape == (40, 96)
+    assert optimizer.state[ffn_in.compactor_out]["exp_avg_sq"].shape == (40, 96)
+    expected = whole.wid_state_dict()
+    got = compacted.wid_state_dict()
+    assert got[[k for k in got if k.endswith("intermediate.dense.compactor_out")][0]].shape == (96, 96)
+    for name, value in got.items():
+        assert (value.float() - expected[name].float()).abs().max() <= 1e-6, name
+    merged_a = compacted.merge_and_unload(progressbar=False).state_dict()
+    merged_b = whole.merge_and_unload(progressbar=False).state_dict()
+    assert all((v.float() - merged_b[k].float()).abs().max() <= 1e-6 for k, v in merged_a.items())
+    # the full path needs whole compactors: switching to it expands them (zeros in pruned entries)
+    compacted.student_path = False
+    assert not compacted.compactors_compacted and ffn_in.compactor_out.shape == (96, 96)
+    assert all(torch.equal(v, got[k]) for k, v in compacted.wid_state_dict().items())
+
+
+def test_compact_compactors_refuses_soft_masks_and_the_full_path_refuses_compacted_compactors():
+    model = get_wid_model(tiny_teacher(), WIDConfig(**SHAPE))
+    with pytest.raises(RuntimeError, match="needs hard masks"):
+        model.compact_compactors()
+    model.finalize_masks()
+    assert model.compactors_compacted
+    model.masks.student_path = False  # behind the model's back: the layers say what to do
+    with pytest.raises(RuntimeError, match="expand_compactors"):
+        model(**{k: v for k, v in mlm_batch().items() if k != "labels"})
 
 
 @pytest.mark.parametrize("plan", ["fold", "tokens", "fold_wl", "fold_rw"])
@@ -141,17 +194,22 @@ def test_held_out_loss_is_the_full_heads():
     assert abs(got["mlm_loss"] - F.cross_entropy(logits[picked], batch["labels"][picked]).item()) <= 1e-5
 
 
-def test_resume_mid_hard_phase_is_exact(tmp_path):
+@pytest.mark.parametrize("resume_compacted", [True, False])
+def test_resume_mid_hard_phase_is_exact(tmp_path, resume_compacted):
     # FAST schedule of test_trainer: hard masks from step 10 of 16; checkpoint at 12, inside the hard phase
     full = make_trainer(tmp_path / "a", save_strategy="steps", save_steps=12)
     full.train()
-    assert full.wid_model.masks.is_hard and full.wid_model.student_path
-    expected = final_state(full)
+    assert full.wid_model.masks.is_hard and full.wid_model.student_path and full.wid_model.compactors_compacted
+    expected = full.wid_model.wid_state_dict()
     checkpoint = tmp_path / "a" / "out" / "checkpoint-12"
     assert os.path.isfile(checkpoint / "wid_model.safetensors")
     resumed = make_trainer(tmp_path / "a", save_strategy="steps", save_steps=12)
+    # False: the compacted run's Adam state (kept slices) is fitted to whole compactors on resume
+    resumed.wid_model.compact_at_hard_masks = resume_compacted
     resumed.train(resume_from_checkpoint=str(checkpoint))
-    got = final_state(resumed)
+    assert resumed.wid_model.compactors_compacted == resume_compacted
+    got = resumed.wid_model.wid_state_dict()
+    assert set(got) == set(expected)
     for name, value in expected.items():
         assert torch.allclose(value.float(), got[name].float(), atol=1e-6, rtol=0), name
 

@@ -111,11 +111,12 @@ def read_wid_tensors(directory: str | os.PathLike, device="cpu") -> dict:
 
 
 def wid_state_dict(model, include_inherited: bool = True) -> dict:
-    """Compactors, masks and (by default) the inherited weights of a WIDModel, each tensor once (tied ones once)."""
+    """Compactors, masks and (by default) the inherited weights of a WIDModel, each tensor once (tied ones once).
+    Compactors are whole (compacted ones expanded with zeros in the pruned rows/columns), whatever the model holds."""
     state, seen = {}, set()
     for name, param in model.named_parameters():  # named_parameters drops tied duplicates
         if include_inherited or ".compactor" in name:
-            state[name] = param
+            state[name] = model.full_compactor(name, param) if ".compactor" in name else param
             seen.add(name)
     for name, tensor in model.state_dict().items():
         if name.startswith("masks.") or (include_inherited and name not in seen and _is_buffer(model, name)):
@@ -138,7 +139,9 @@ def load_wid_state_dict(model, tensors: dict, source: str = "the checkpoint") ->
         if expected[key].shape != value.shape:
             raise ValueError(
                 f"{source}: {key} has shape {tuple(value.shape)}, this model expects {tuple(expected[key].shape)}.")
+    model.expand_compactors()  # the tensors are whole compactors
     model.load_state_dict(tensors, strict=False)
+    model._compact_if_enabled()  # hard masks loaded: back to kept slices (the optimizer is made or fitted after this)
 
 
 def resolve_directory(path: str | os.PathLike, **hub_kwargs) -> str:

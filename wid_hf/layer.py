@@ -29,6 +29,9 @@ class WIDMasks(nn.Module):
     """
 
     student_path: bool = True
+    # True while the compactors hold only their kept slices (`WIDModel.compact_compactors`; not saved: checkpoints
+    # always hold whole compactors)
+    compact: bool = False
     # set by `WIDModel.accumulating` for the micro-batches of one optimizer step (not saved): see `FoldReuse`
     fold_reuse: Optional["FoldReuse"] = None
 
@@ -143,6 +146,7 @@ class WIDLinear(_MaskUser):
         out once masks are hard."""
         weight, bias = self.base_layer.weight, self.base_layer.bias
         left, right = self.compactor_in, self.compactor_out
+        _refuse_compact(self._wid_masks)
         if self._wid_masks.is_hard:
             if left is not None:
                 left = left * self._mask(self.in_group, left.dtype)
@@ -160,14 +164,15 @@ class WIDLinear(_MaskUser):
         """``(R', W, L', b)`` under the current masks: the kept rows of ``R`` (out'×out), the teacher weight, the
         kept columns of ``L`` (in×in') and the bias (under hard masks with pruned entries masked, as on the full path).
         ``R'·(W·L')`` and ``R'·b`` are exactly the kept block of the full path's effective weight and bias; the
-        merge (`wid_hf.merge`) folds the same factors."""
+        merge (`wid_hf.merge`) folds the same factors. Compacted compactors already are those slices."""
         masks = self._wid_masks
         weight, bias = self.base_layer.weight, self.base_layer.bias
         left, right = self.compactor_in, self.compactor_out
-        if left is not None:
+        if left is not None and not masks.compact:
             left = left.index_select(1, masks.kept_index(self.in_group))
         if right is not None:
-            right = right.index_select(0, masks.kept_index(self.out_group))
+            if not masks.compact:
+                right = right.index_select(0, masks.kept_index(self.out_group))
             if bias is not None and masks.is_hard:  # as on the full path: pruned bias entries get no gradient
                 bias = bias * self._mask(self.out_group, bias.dtype)
         return right, weight, left, bias
@@ -351,12 +356,15 @@ class EmbeddingCompactor(_MaskUser):
 
     def effective_compactor(self) -> torch.Tensor:
         c = self.compactor
+        _refuse_compact(self._wid_masks)
         if self._wid_masks.is_hard:
             c = c * self._mask(self.group, c.dtype)[:, None]
         return c
 
     def student_compactor(self) -> torch.Tensor:
         """The kept rows of ``C`` (H'×H): they write the student's hidden dims."""
+        if self._wid_masks.compact:
+            return self.compactor
         return self.compactor.index_select(0, self._wid_masks.kept_index(self.group))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -376,6 +384,12 @@ class StudentHeadSize:
 
     def __call__(self, module: nn.Module, args) -> None:
         module.attention_head_size = self.student if self.masks.on_student_path else self.teacher
+
+
+def _refuse_compact(masks: WIDMasks) -> None:
+    if masks.compact:
+        raise RuntimeError("The compactors hold only their kept slices (WIDModel.compact_compactors), so the full path "
+                           "cannot run; call WIDModel.expand_compactors() first (setting student_path=False does).")
 
 
 def _identity(n: int, like: torch.Tensor) -> nn.Parameter:

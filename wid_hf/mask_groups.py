@@ -62,15 +62,19 @@ class MaskGroup:
     # ------------------------------------------------------------------ what is pruned
     def penalised_tensors(self) -> Iterator[tuple[torch.nn.Parameter, str]]:
         """Every parameter with entries in this group, and how the group's mask lays over it:
-        "cols" (mask over columns), "rows" (mask over rows) or "vec" (1-D entries)."""
+        "cols" (mask over columns), "rows" (mask over rows) or "vec" (1-D entries). Compacted compactors (hard
+        masks, `WIDModel.compact_compactors`) hold kept entries only and are left out: nothing of theirs is pruned."""
         for m in self.readers:
-            yield m.compactor_in, "cols"
+            if m.compactor_in.shape[1] == self.size:
+                yield m.compactor_in, "cols"
         for m in self.writers:
-            yield m.compactor_out, "rows"
+            if m.compactor_out.shape[0] == self.size:
+                yield m.compactor_out, "rows"
             if m.base_layer.bias is not None:
                 yield m.base_layer.bias, "vec"
         for m in self.embeddings:
-            yield m.compactor, "rows"
+            if m.compactor.shape[0] == self.size:
+                yield m.compactor, "rows"
         for m in self.norms:
             yield m.base_layer.weight, "vec"
             yield m.base_layer.bias, "vec"

@@ -90,6 +90,12 @@ class WIDModel(nn.Module):
     Use `get_wid_model` to build one.
     """
 
+    #: Once masks are hard (on the student path, outside multi-process runs), keep only the kept slices of every
+    #: compactor: the pruned rows/columns are exactly zero and never read again, so dropping them (with their
+    #: gradients and optimizer state) changes no result and frees their memory and optimizer work. See
+    #: `compact_compactors`. Set False to keep whole compactors.
+    compact_at_hard_masks: bool = True
+
     def __init__(self, model: nn.Module, config: WIDConfig):
         super().__init__()
         class_name = _check_supported(model)
@@ -242,7 +248,110 @@ class WIDModel(nn.Module):
 
     @student_path.setter
     def student_path(self, value: bool) -> None:
+        if not value and self.masks.compact:
+            self.expand_compactors()  # the full path reads whole compactors
         self.masks.student_path = bool(value)
+
+    # ------------------------------------------------------------------ compact compactors (hard masks)
+    def compactor_slots(self):
+        """``(parameter name, module, attribute, group, dim)`` of every compactor; `dim` is the axis its group's
+        mask lies over (columns of input compactors, rows of output and embedding compactors)."""
+        for name, module in self.named_modules():
+            if isinstance(module, WIDLinear):
+                if module.compactor_in is not None:
+                    yield f"{name}.compactor_in", module, "compactor_in", module.in_group, 1
+                if module.compactor_out is not None:
+                    yield f"{name}.compactor_out", module, "compactor_out", module.out_group, 0
+            elif isinstance(module, EmbeddingCompactor):
+                yield f"{name}.compactor", module, "compactor", module.group, 0
+
+    @property
+    def compactors_compacted(self) -> bool:
+        """True while the compactors hold only their kept slices (see `compact_compactors`)."""
+        return self.masks.compact
+
+    @torch.no_grad()
+    def compact_compactors(self, optimizer: Optional[torch.optim.Optimizer] = None) -> None:
+        """Under hard masks, replace every compactor by its kept slice (the kept rows of output compactors, the kept
+        columns of input ones), in place: the same `nn.Parameter` objects, so an optimizer keeps working with them.
+        Pass the optimizer to slice its state (Adam's moments) alike. The pruned entries are exactly zero and
+        never read on the student path, so training continues with identical values for every kept entry, at a
+        fraction of the compactors' memory and optimizer work (half for half widths, a quarter at a quarter).
+
+        Done automatically when masks turn hard (`compact_at_hard_masks`), except in multi-process runs: DDP's
+        gradient buckets are laid out for the parameters' shapes at wrapping time. Checkpoints always hold whole
+        compactors (`wid_state_dict` expands them), so they load with or without compaction. Code that keeps an
+        autograd graph alive from one step into the next (tensors captured in a forward and kept) must drop it
+        before this runs: autograd checks a gradient's shape against the parameter's shape when the graph was built."""
+        if self.masks.compact:
+            return
+        if not self.masks.is_hard:
+            raise RuntimeError("compact_compactors() needs hard masks (finalize_masks() first): before them pruned "
+                               "entries are not zero and masks may still change.")
+        self._resize_compactors(optimizer, compact=True)
+        self.masks.compact = True
+
+    @torch.no_grad()
+    def expand_compactors(self, optimizer: Optional[torch.optim.Optimizer] = None) -> None:
+        """Undo `compact_compactors`: whole compactors again, with zeros in the pruned rows/columns (and in the
+        optimizer state given)."""
+        if not self.masks.compact:
+            return
+        self._resize_compactors(optimizer, compact=False)
+        self.masks.compact = False
+
+    def _resize_compactors(self, optimizer, compact: bool) -> None:
+        state = getattr(optimizer, "state", {}) if optimizer is not None else {}
+        for _, module, attr, group, dim in self.compactor_slots():
+            param = getattr(module, attr)
+            resize = self._compactor_resizer(group, dim, compact)
+            old_shape = param.shape
+            param.data = resize(param.data)
+            if param.grad is not None:
+                param.grad = resize(param.grad)
+            for key, value in state.get(param, {}).items():
+                if torch.is_tensor(value) and value.shape == old_shape:
+                    state[param][key] = resize(value)
+
+    def _compactor_resizer(self, group: str, dim: int, compact: bool):
+        index, size = self.masks.kept_index(group), self.groups[group].size
+        if compact:
+            return lambda t: t.index_select(dim, index.to(t.device))
+
+        def expand(t: torch.Tensor) -> torch.Tensor:
+            shape = list(t.shape)
+            shape[dim] = size
+            return t.new_zeros(shape).index_copy_(dim, index.to(t.device), t)
+
+        return expand
+
+    def full_compactor(self, name: str, tensor: torch.Tensor) -> torch.Tensor:
+        """`tensor` (a compactor named `name`, or its gradient or optimizer state) at its whole shape: expanded
+        with zeros when compactors are compacted, else unchanged."""
+        if not self.masks.compact:
+            return tensor
+        for slot_name, _, _, group, dim in self.compactor_slots():
+            if slot_name == name:
+                return tensor if tensor.shape[dim] == self.groups[group].size else \
+                    self._compactor_resizer(group, dim, compact=False)(tensor)
+        return tensor
+
+    def fit_optimizer_state(self, optimizer: torch.optim.Optimizer) -> None:
+        """Bring the optimizer's state for every compactor to the compactor's current shape (kept slice or whole),
+        e.g. after loading the state of a run that was (or was not) compacted."""
+        state = getattr(optimizer, "state", {})
+        for _, module, attr, group, dim in self.compactor_slots():
+            param = getattr(module, attr)
+            for key, value in state.get(param, {}).items():
+                if torch.is_tensor(value) and value.dim() == 2 and value.shape != param.shape:
+                    state[param][key] = self._compactor_resizer(group, dim, compact=self.masks.compact)(value)
+
+    def _compact_if_enabled(self, optimizer: Optional[torch.optim.Optimizer] = None) -> None:
+        """Compact (see `compact_at_hard_masks`) when masks are hard, on the student path, in a single process."""
+        distributed = torch.distributed.is_available() and torch.distributed.is_initialized() \
+            and torch.distributed.get_world_size() > 1
+        if self.compact_at_hard_masks and self.masks.is_hard and self.masks.student_path and not distributed:
+            self.compact_compactors(optimizer)
 
     def expand_to_teacher(self, tensor: torch.Tensor, group: str = "hidden") -> torch.Tensor:
         """A tensor whose last dim holds `group`'s kept dims (student path) at the group's full width, zeros in the
@@ -328,7 +437,9 @@ class WIDModel(nn.Module):
 
         Groups already at their target keep their masks (recomputing them from decayed weights would only
         re-select the same indices); others are completed from the current importances. If an optimizer is given,
-        its state for pruned entries is zeroed too, so Adam's momentum cannot move them off zero.
+        its state for pruned entries is zeroed too, so Adam's momentum cannot move them off zero. Then the
+        compactors keep only their kept slices (`compact_compactors`; `compact_at_hard_masks`): pass the optimizer
+        you train with, so its state is sliced alike.
         """
         pruner.finalize_masks(self, optimizer)
         return self.kept_sizes()

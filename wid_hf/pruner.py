@@ -89,11 +89,13 @@ def update_masks(model, step: int) -> None:
 
 @torch.no_grad()
 def finalize_masks(model, optimizer: Optional[torch.optim.Optimizer] = None) -> None:
-    """Prune every group to its target, switch to hard masks and zero pruned entries (and their optimizer state)."""
+    """Prune every group to its target, switch to hard masks and zero pruned entries (and their optimizer state);
+    then keep only the compactors' kept slices (`WIDModel.compact_compactors`, where enabled)."""
     if not model.masks.is_hard:
         prune_to_targets(model)
         model.masks.set_hard(True)
     zero_pruned(model, optimizer)
+    model._compact_if_enabled(optimizer)
 
 
 @torch.no_grad()

@@ -214,6 +214,12 @@ class WIDTrainer(ExactResumeMixin, Trainer):
             self.processing_class.save_pretrained(output_dir)
         torch.save(self.args, os.path.join(output_dir, "training_args.bin"))
 
+    def _load_optimizer_and_scheduler(self, checkpoint):
+        super()._load_optimizer_and_scheduler(checkpoint)
+        if checkpoint is not None and self.optimizer is not None:
+            # a run saved with whole compactors resumed with compacted ones (or the reverse, e.g. under DDP)
+            self.wid_model.fit_optimizer_state(self.optimizer)
+
     def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
         self._load_wid_state(resume_from_checkpoint)
 

@@ -75,6 +75,11 @@ class _QKCapture:
             scores = scores + (1.0 - attention_mask[:, None, None, :].to(scores.dtype)) * -1e4
         return scores
 
+    def clear(self):
+        """Drop the captured projections (and the autograd graph they hold) once the loss has used them."""
+        self.q.clear()
+        self.k.clear()
+
     def remove(self):
         for handle in self.handles:
             handle.remove()
@@ -179,6 +184,8 @@ class DistillationTrainer(ExactResumeMixin, Trainer):
                 else:
                     kd = kd + F.kl_div(F.log_softmax(s_scores, -1), F.softmax(t_scores, -1), reduction="none").sum(-1).mean()
             kd = kd / len(pairs)
+            self._student_qk.clear()  # else the last step's graph stays alive until the next forward
+            self._teacher_qk.clear()
         loss = (1 - self.alpha) * hard + self.alpha * kd
         return (loss, outputs) if return_outputs else loss
 
