@@ -113,6 +113,21 @@ def test_compacting_mid_training_changes_nothing_and_frees_the_pruned_slices():
     assert all(torch.equal(v, got[k]) for k, v in compacted.wid_state_dict().items())
 
 
+def test_an_optimizer_with_factored_state_keeps_whole_compactors():
+    """State not shaped like its parameter (Adafactor's row/column factors, 8-bit blocks) cannot be sliced: the
+    automatic compaction keeps whole compactors and says so; an explicit call refuses."""
+    model = get_wid_model(tiny_teacher(), WIDConfig(**SHAPE))
+    param = model.base_model.bert.encoder.layer[0].intermediate.dense.compactor_out
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    optimizer.state[param]["row_factor"] = torch.ones(param.shape[0])
+    model.finalize_masks(optimizer)
+    assert model.masks.is_hard and not model.compactors_compacted and param.shape == (96, 96)
+    with pytest.raises(ValueError, match="factored or quantized"):
+        model.compact_compactors(optimizer)
+    model.compact_compactors()  # without that optimizer it is fine
+    assert model.compactors_compacted
+
+
 def test_compact_compactors_refuses_soft_masks_and_the_full_path_refuses_compacted_compactors():
     model = get_wid_model(tiny_teacher(), WIDConfig(**SHAPE))
     with pytest.raises(RuntimeError, match="needs hard masks"):

@@ -288,8 +288,23 @@ class WIDModel(nn.Module):
         if not self.masks.is_hard:
             raise RuntimeError("compact_compactors() needs hard masks (finalize_masks() first): before them pruned "
                                "entries are not zero and masks may still change.")
+        odd = self._unsliceable_state(optimizer)
+        if odd:
+            raise ValueError(f"The optimizer keeps state of another shape than its parameter ({odd}: e.g. factored or "
+                             "quantized moments), which cannot be sliced with the compactors. Use AdamW, or keep whole "
+                             "compactors (WIDModel.compact_at_hard_masks = False).")
         self._resize_compactors(optimizer, compact=True)
         self.masks.compact = True
+
+    def _unsliceable_state(self, optimizer) -> Optional[str]:
+        """The name of a compactor whose optimizer state holds a non-scalar tensor not shaped like it, if any."""
+        state = getattr(optimizer, "state", {}) if optimizer is not None else {}
+        for name, module, attr, _, _ in self.compactor_slots():
+            param = getattr(module, attr)
+            for value in state.get(param, {}).values():
+                if torch.is_tensor(value) and value.dim() > 0 and value.shape != param.shape:
+                    return name
+        return None
 
     @torch.no_grad()
     def expand_compactors(self, optimizer: Optional[torch.optim.Optimizer] = None) -> None:
@@ -350,8 +365,14 @@ class WIDModel(nn.Module):
         """Compact (see `compact_at_hard_masks`) when masks are hard, on the student path, in a single process."""
         distributed = torch.distributed.is_available() and torch.distributed.is_initialized() \
             and torch.distributed.get_world_size() > 1
-        if self.compact_at_hard_masks and self.masks.is_hard and self.masks.student_path and not distributed:
-            self.compact_compactors(optimizer)
+        if not (self.compact_at_hard_masks and self.masks.is_hard and self.masks.student_path) or distributed:
+            return
+        odd = self._unsliceable_state(optimizer)
+        if odd:
+            logger.warning("Keeping whole compactors: the optimizer's state for %s is not shaped like the parameter "
+                           "(factored or quantized moments), so it cannot be sliced with them.", odd)
+            return
+        self.compact_compactors(optimizer)
 
     def expand_to_teacher(self, tensor: torch.Tensor, group: str = "hidden") -> torch.Tensor:
         """A tensor whose last dim holds `group`'s kept dims (student path) at the group's full width, zeros in the
