@@ -43,6 +43,7 @@ def main(out: str, accumulation: int = 1) -> None:
     torch.save(
         {
             "world_size": trainer.args.world_size,
+            "compacted": trainer.wid_model.compactors_compacted,
             "masks": {k: v.clone() for k, v in trainer.wid_model.masks.state_dict().items()},
             "student": {k: v.clone() for k, v in student.state_dict().items()},
         },
