@@ -114,9 +114,10 @@ def wid_state_dict(model, include_inherited: bool = True) -> dict:
     """Compactors, masks and (by default) the inherited weights of a WIDModel, each tensor once (tied ones once).
     Compactors are whole (compacted ones expanded with zeros in the pruned rows/columns), whatever the model holds."""
     state, seen = {}, set()
+    whole = model.whole_compactors()
     for name, param in model.named_parameters():  # named_parameters drops tied duplicates
         if include_inherited or ".compactor" in name:
-            state[name] = model.full_compactor(name, param) if ".compactor" in name else param
+            state[name] = whole.get(name, param)
             seen.add(name)
     for name, tensor in model.state_dict().items():
         if name.startswith("masks.") or (include_inherited and name not in seen and _is_buffer(model, name)):

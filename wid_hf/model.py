@@ -340,16 +340,13 @@ class WIDModel(nn.Module):
 
         return expand
 
-    def full_compactor(self, name: str, tensor: torch.Tensor) -> torch.Tensor:
-        """`tensor` (a compactor named `name`, or its gradient or optimizer state) at its whole shape: expanded
-        with zeros when compactors are compacted, else unchanged."""
+    def whole_compactors(self) -> dict[str, torch.Tensor]:
+        """Every compacted compactor at its whole shape (zeros in the pruned rows/columns), by parameter name; empty
+        when the compactors are whole already."""
         if not self.masks.compact:
-            return tensor
-        for slot_name, _, _, group, dim in self.compactor_slots():
-            if slot_name == name:
-                return tensor if tensor.shape[dim] == self.groups[group].size else \
-                    self._compactor_resizer(group, dim, compact=False)(tensor)
-        return tensor
+            return {}
+        return {name: self._compactor_resizer(group, dim, compact=False)(getattr(module, attr))
+                for name, module, attr, group, dim in self.compactor_slots()}
 
     def fit_optimizer_state(self, optimizer: torch.optim.Optimizer) -> None:
         """Bring the optimizer's state for every compactor to the compactor's current shape (kept slice or whole),
