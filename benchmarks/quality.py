@@ -5,9 +5,11 @@ Every method gets the same teacher (default: ../shared/teachers/minilm-l6-h384-m
 batch size, number of optimizer steps and seed, and targets hidden 192 / FFN 768 (half width, same layers):
 
   wid-budget         WID in budget mode (WIDConfig.for_budget: Taylor scores, linear decay, monotone masks)
+  wid-budget-late    the same with hard masks at 75% of the run instead of 55% (--hard_mask_at 0.75)
   wid-reference      WID with the reference method on the same scaled schedule (norm scores, Adam-routed penalty)
   wid+attention      WID (reference) plus MiniLM-style attention transfer (KL on attention distributions, last layer)
   etd-impt+mlm       Extract-Then-Distill, first-order importance on 16 corpus batches, then masked-LM
+  etd-impt+mlm-warm  the same with a 10% learning-rate warm-up instead of every method's 1% (--warmup_steps 0.1)
   etd-rand+mlm       Extract-Then-Distill with random indices, then masked-LM
   etd-impt+attention ETD-Impt, then attention transfer (+ masked-LM, alpha 0.5)
   truncation         the teacher's lower layers at full width (as many as fit the student's encoder budget) + MLM
@@ -24,10 +26,12 @@ parameters and wall time. Each budget writes benchmarks/results/quality-<steps>.
 saved at once and a rerun skips it (and every pipeline job resumes), so a long run can be stopped and restarted.
 `--ablation NAME` runs one option of a method (ABLATIONS below, e.g. `reference-decay`: WID budget mode with the
 paper's Adam-routed penalty instead of the linear decay) at --steps and the method's searched rate, with no
-fine-tuning, and writes ablations.{json,md} beside the method's own row of quality-<steps>.json; options are adopted
-on the validation split.
+fine-tuning, and writes ablations.{json,md} beside the method's own row of quality-<steps>.json (or, with
+`--without-from DIR`, beside DIR's run of it: WID runs on another CPU differ by rounding); options are adopted on the
+validation split. `--seed N` runs everything with another training seed (work folders get a -seedN suffix).
 `--sweep-chart` draws budget_sweep.{png,md} from every quality-<steps>.json; `--seeds-table OUT FILE...` writes
-seeds-<steps>.{json,md} from runs of one budget with different --seed values. Run it in the background:
+seeds-<steps>.{json,md} (into the folder OUT, or as OUT.{json,md}) from runs of one budget with different --seed
+values. Run it in the background:
 
     nohup python benchmarks/quality.py --search --steps 120 --methods wid-budget etd-impt+mlm > runs/search.log 2>&1 &
     nohup python benchmarks/quality.py --steps 600 --methods wid-budget etd-impt+mlm > runs/q600.log 2>&1 &
@@ -49,23 +53,62 @@ SHARED_TEACHER = os.path.join(os.path.dirname(ROOT), "shared", "teachers", "mini
 # benchmark name -> the pipeline's settings (wid_hf.pipeline.Job)
 RUNS = {
     "wid-budget": dict(method="wid"),
+    "wid-budget-late": dict(method="wid", hard_mask_at=0.75),  # hard masks at 75% of the run instead of 55%
     "wid-reference": dict(method="wid", budget_mode=False),
     "wid+attention": dict(method="wid", objective="attention_kl", budget_mode=False),
     "etd-impt+mlm": dict(method="etd-impt"),
+    "etd-impt+mlm-warm": dict(method="etd-impt", warmup_steps=0.1),  # a 10% learning-rate warm-up instead of 1%
     "etd-rand+mlm": dict(method="etd-rand"),
     "etd-impt+attention": dict(method="etd-impt", objective="attention_kl"),
     "truncation": dict(method="truncation"),
     "weight-distill": dict(method="weight-distill"),
     "random+mlm": dict(method="random"),
 }
-METHODS = list(RUNS)
+# variants of a method, run at that method's searched learning rate and left out of the default --methods
+SAME_RATE_AS = {"wid-budget-late": "wid-budget", "etd-impt+mlm-warm": "etd-impt+mlm"}
+METHODS = [name for name in RUNS if name not in SAME_RATE_AS]
+
+
+def _budget_schedule(hard_mask_at):
+    """Budget mode's settings with hard masks at `hard_mask_at` of the run (WIDConfig.for_budget), for a run's steps.
+    Given in full: a schedule passed to the pipeline replaces budget mode's, so the other budget fields come along."""
+    from wid_hf.config import WIDConfig
+
+    def settings(steps):
+        c = WIDConfig.for_budget(steps, hard_mask_at=hard_mask_at, target_ratio=0.5)
+        return {k: getattr(c, k) for k in ("pruning_start", "mask_interval", "pruning_intervals", "head_prune_every",
+                                           "mask_scoring", "decay", "monotone_masks", "warmup_l2")}
+    return settings
+
+
 # --ablation name -> (the method it changes, the settings it changes): one option measured against the method as run.
 # ablations.json also keeps "decaying-ln" (LayerNorm statistics following the linear decay, wid_hf at commit 3503f7e),
 # measured and not adopted: the option was removed from the library.
 ABLATIONS = {
     "reference-decay": ("wid-budget", dict(decay="reference")),  # pruned entries pushed through Adam (the paper's)
     "non-monotone": ("wid-budget", dict(monotone_masks=False)),  # masks re-selected from scratch at every update
+    # a shorter or longer pruning phase: hard masks at 28% / 32.5% / 75% of the run instead of 55% (intervals of
+    # 2% / 2.5% / 7.2% instead of 5%)
+    "hard-at-0.28": ("wid-budget", _budget_schedule(0.28)),
+    "hard-at-0.325": ("wid-budget", _budget_schedule(0.325)),
+    "hard-at-0.75": ("wid-budget", _budget_schedule(0.75)),
+    # a longer learning-rate warm-up (10% of the run instead of 1%), for WID and for ETD-Impt alike
+    "warmup-0.1": ("wid-budget", dict(warmup_steps=0.1)),
+    "warmup-0.1/etd": ("etd-impt+mlm", dict(warmup_steps=0.1)),
+    # the compactors' learning rate as a fraction of the inherited weights' (WID_COMPACTOR_RATIO otherwise); 0 keeps
+    # them at the identity but for the decay of pruned entries: gradual Taylor pruning of the teacher's own weights
+    "compactor-ratio-0": ("wid-budget", dict(compactor_ratio=0.0)),
+    "compactor-ratio-0.03": ("wid-budget", dict(compactor_ratio=0.03)),
+    "compactor-ratio-0.3": ("wid-budget", dict(compactor_ratio=0.3)),
 }
+
+
+def ablation_settings(name, steps):
+    """The settings an ablation changes, for a run of `steps` (some depend on the run's length)."""
+    settings = ABLATIONS[name][1]
+    return settings(steps) if callable(settings) else dict(settings)
+
+
 TASK_TITLES = {"bbc-topics": "BBC topics", "polarity": "polarity"}
 WID_COMPACTOR_RATIO = 0.1  # WID's compactor learning rate, as a fraction of the inherited weights' (every search)
 
@@ -77,11 +120,13 @@ def run_method(name, a, steps, lr, workdir, ablation=None):
 
     settings = dict(RUNS[name])
     if ablation is not None:
-        settings.update(ABLATIONS[ablation][1])
+        settings.update(ablation_settings(ablation, steps))
+    ratio = settings.pop("compactor_ratio", WID_COMPACTOR_RATIO)
     if settings["method"] == "wid":
-        settings["compactor_learning_rate"] = lr * WID_COMPACTOR_RATIO
-    tag = name + (f"+{ablation}" if ablation else "")
-    job = Job.create(output_dir=os.path.join(workdir, f"{tag.replace('+', '_')}-{steps}-lr{lr:g}"),
+        settings["compactor_learning_rate"] = lr * ratio
+    tag = name + (f"+{ablation.split('/')[0]}" if ablation else "")
+    seed = f"-seed{a.seed}" if a.seed else ""  # seed 0 keeps the folder names of earlier runs
+    job = Job.create(output_dir=os.path.join(workdir, f"{tag.replace('+', '_')}-{steps}-lr{lr:g}{seed}"),
                      teacher=a.teacher, corpus="offline-wiki", eval_corpus="offline-bbc", max_seq_length=a.seq_len,
                      eval_sequences=a.eval_sequences, validation_sequences=a.validation_sequences,
                      cache_dir=os.path.join(workdir, "cache"), max_steps=steps, per_device_train_batch_size=a.batch,
@@ -130,7 +175,7 @@ def search(a):
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--teacher", default=SHARED_TEACHER)
-    p.add_argument("--methods", nargs="+", default=METHODS, choices=METHODS)
+    p.add_argument("--methods", nargs="+", default=METHODS, choices=list(RUNS))
     p.add_argument("--steps", type=int, nargs="+", default=[120], help="one or more budgets (optimizer steps)")
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--seq-len", type=int, default=128)
@@ -156,6 +201,9 @@ def main():
     p.add_argument("--ablation", nargs="+", choices=list(ABLATIONS),
                    help="run these options of a method at --steps (its searched rate; no fine-tuning) and write "
                         "ablations.json, beside the method's own numbers from quality-<steps>.json")
+    p.add_argument("--without-from", metavar="DIR",
+                   help="with --ablation: compare with the method's run in DIR/quality-<steps>.json (e.g. one run on "
+                        "the same machine) instead of --out's; refreshes that comparison for ablations already run")
     a = p.parse_args()
     os.makedirs(a.out, exist_ok=True)
     if a.search:
@@ -175,17 +223,24 @@ def ablations(a, chosen):
     for steps in a.steps:
         for name in a.ablation:
             key = f"{name}@{steps}"
-            if key in found["runs"]:
-                continue
-            base, settings = ABLATIONS[name]
-            lr = chosen.get(base, a.lr)
-            report = run_method(base, a, steps, lr, a.workdir, ablation=name)
-            reference = _load(os.path.join(a.out, f"quality-{steps}.json"), {"methods": {}})["methods"].get(base, {})
-            found["runs"][key] = {
-                "option": name, "method": base, "settings": settings, "steps": steps, "learning_rate": lr,
-                "validation": report["validation"]["student"], "heldout": report["heldout"]["student"],
-                "train_seconds": report["training"]["seconds"], "hard_masks": report.get("hard_masks"),
-                "without": {k: reference.get(k) for k in ("validation", "heldout", "train_seconds", "hard_masks")}}
+            base, settings = ABLATIONS[name][0], ablation_settings(name, steps)
+            if key not in found["runs"]:
+                lr = chosen.get(base, a.lr)
+                report = run_method(base, a, steps, lr, a.workdir, ablation=name)
+                found["runs"][key] = {
+                    "option": name, "method": base, "settings": settings, "steps": steps, "learning_rate": lr,
+                    "validation": report["validation"]["student"], "heldout": report["heldout"]["student"],
+                    "train_seconds": report["training"]["seconds"], "hard_masks": report.get("hard_masks")}
+            elif not a.without_from:
+                continue  # measured, and compared with the run it was compared with then
+            # the method's own run: the committed one, or (--without-from) one from the same machine, where WID's
+            # trajectory is not moved by another CPU's rounding
+            source = os.path.join(a.without_from or a.out, f"quality-{steps}.json")
+            reference = _load(source, {"methods": {}})["methods"].get(base, {})
+            found["runs"][key]["without"] = {k: reference.get(k)
+                                             for k in ("validation", "heldout", "train_seconds", "hard_masks")}
+            if a.without_from:
+                found["runs"][key]["without_from"] = source
             print(key, json.dumps({k: found["runs"][key][k] for k in ("validation", "without")}), flush=True)
             _save(path, found)
     rows = ["| option | steps | validation acc (loss) with | without | held-out acc with | without | train s with | "
@@ -196,8 +251,8 @@ def ablations(a, chosen):
 
     for w in found["runs"].values():
         o = w["without"]
-        rows.append(f"| {w['method']} + {w['option']} | {w['steps']} | {acc('validation', w)} | {acc('validation', o)} "
-                    f"| {acc('heldout', w)} | {acc('heldout', o)} | {w['train_seconds']:.0f} | "
+        rows.append(f"| {w['method']} + {w['option'].split('/')[0]} | {w['steps']} | {acc('validation', w)} | "
+                    f"{acc('validation', o)} | {acc('heldout', w)} | {acc('heldout', o)} | {w['train_seconds']:.0f} | "
                     + ("-" if o.get("train_seconds") is None else f"{o['train_seconds']:.0f}") + " |")
     with open(os.path.join(a.out, "ablations.md"), "w") as f:
         notes = "".join(f"Note: {n}\n\n" for n in found.get("notes", []))
@@ -237,7 +292,7 @@ def run_budget(a, steps, chosen):
     for name in a.methods:
         if name in results["methods"]:
             continue  # finished in an earlier run
-        lr = chosen.get(name, a.lr)
+        lr = chosen.get(SAME_RATE_AS.get(name, name), a.lr)
         report = run_method(name, a, steps, lr, a.workdir)
         results["vocab_size"] = report["teacher"].get("vocab_size", 30522)
         if "teacher" not in results["methods"]:
@@ -359,9 +414,11 @@ def sweep_chart(out):
     plt.close(fig)
 
 
-def seeds_table(out, paths, methods=("wid-budget", "etd-impt+mlm")):
+def seeds_table(out, paths):
     """seeds-<steps>.{json,md}: the same budget run with several --seed values (one quality-<steps>.json each, e.g.
-    from `--seed 1 --out DIR`), masked-LM accuracy as mean ± std over the seeds and per seed."""
+    from `--seed 1 --out DIR`), masked-LM accuracy as mean ± std over the seeds and per seed, for every method that
+    every run holds, but the teacher. `out` is a folder (the files go inside it) or a file stem (`out`.json /
+    `out`.md)."""
     import statistics
 
     missing = [p for p in paths if not os.path.isfile(p)]
@@ -372,26 +429,30 @@ def seeds_table(out, paths, methods=("wid-budget", "etd-impt+mlm")):
     if len(steps) != 1:
         raise SystemExit(f"--seeds-table needs runs of one budget, got steps {sorted(steps)}")
     steps = steps.pop()
+    stem = os.path.join(out, f"seeds-{steps}") if os.path.isdir(out) else out
+    methods = [name for name in runs[0]["methods"] if name != "teacher" and all(name in r["methods"] for r in runs)]
     table = {"steps": steps, "files": list(paths), "methods": {}}
     for name in methods:
         table["methods"][name] = {str(r["setup"]["seed"]): {k: r["methods"][name][k] for k in
                                                             ("validation", "heldout", "train_seconds")}
-                                  for r in runs if name in r["methods"]}
-    _save(os.path.join(out, f"seeds-{steps}.json"), table)
+                                  for r in runs}
+    _save(stem + ".json", table)
 
-    def spread(values):
+    def spread(values, digits=3):
         std = statistics.stdev(values) if len(values) > 1 else 0.0
-        return f"{statistics.mean(values):.3f} ± {std:.3f}"
+        return f"{statistics.mean(values):.{digits}f} ± {std:.{digits}f}"
 
-    rows = ["| method | validation acc | held-out acc | held-out per seed | train s per seed |", "|---|---|---|---|---|"]
+    rows = ["| method | validation acc | validation loss | held-out acc | held-out per seed | train s per seed |",
+            "|---|---|---|---|---|---|"]
     for name, by_seed in table["methods"].items():
         seeds = sorted(by_seed, key=int)
         val = [by_seed[s]["validation"]["mlm_accuracy"] for s in seeds]
+        loss = [by_seed[s]["validation"]["mlm_loss"] for s in seeds]
         held = [by_seed[s]["heldout"]["mlm_accuracy"] for s in seeds]
-        rows.append(f"| {name} | {spread(val)} | {spread(held)} | "
+        rows.append(f"| {name} | {spread(val)} | {spread(loss, 2)} | {spread(held)} | "
                     + " / ".join(f"{h:.3f}" for h in held) + " | "
                     + " / ".join(f"{by_seed[s]['train_seconds']:.0f}" for s in seeds) + " |")
-    with open(os.path.join(out, f"seeds-{steps}.md"), "w") as f:
+    with open(stem + ".md", "w") as f:
         seeds = sorted({s for by_seed in table["methods"].values() for s in by_seed}, key=int)
         f.write(f"Masked-LM accuracy at {steps} steps over training seeds {', '.join(seeds)} (mean ± std, then per "
                 "seed in that order; --seed changes the training order and any random initialisation).\n\n"

@@ -141,6 +141,20 @@ def test_budget_mode_reaches_its_targets_early_and_merges_exactly(tmp_path, stra
     assert pruned_count(config, dims, "ffn", config.pruning_start + config.mask_interval - 1) == 0
 
 
+def test_budget_schedule_places_hard_masks_at_the_fraction_asked():
+    for steps in (40, 120, 300, 1500, 40_000):
+        default = WIDConfig.for_budget(steps, target_ratio=0.5)
+        assert (default.pruning_start, default.mask_interval) == (steps // 10, max(1, steps // 20))  # 5% intervals
+        for fraction in (0.28, 0.55, 0.75):
+            c = WIDConfig.for_budget(steps, hard_mask_at=fraction, target_ratio=0.5)
+            hard = c.pruning_start + (c.pruning_intervals + 1) * c.mask_interval
+            assert c.pruning_intervals == 8
+            assert abs(hard / steps - fraction) <= 9 / steps + 1e-9, (steps, fraction, hard)  # within one step/interval
+    for bad in (0.1, 0.05, 1.0, 1.5):
+        with pytest.raises(ValueError, match="hard_mask_at"):
+            WIDConfig.for_budget(300, hard_mask_at=bad, target_ratio=0.5)
+
+
 def test_resume_mid_pruning_with_taylor_scores_is_exact(tmp_path):
     full = budget_trainer(tmp_path / "a", save_strategy="steps", save_steps=8)
     full.train()

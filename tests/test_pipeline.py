@@ -35,6 +35,12 @@ def test_demo_job_keeps_the_identity_of_earlier_job_directories():
     wid55 = Job.create(output_dir="x", preset="wid55").identity()
     assert wid55["wid"] == {"target_hidden_size": 516, "target_intermediate_size": 2064, "head_strategy": "dim"}
     assert (wid55["learning_rate"], wid55["compactor_learning_rate"], wid55["max_steps"]) == (1e-6, 5e-5, 400_000)
+    # --warmup_steps joins the identity only when given (earlier directories keep theirs), and reaches the Trainer
+    assert "warmup_steps" not in Job.create(output_dir="x").identity()
+    warm = Job.create(output_dir="x", method="etd-impt", warmup_steps=0.1)
+    assert warm.identity()["warmup_steps"] == 0.1
+    assert warm.training_arguments("x").warmup_steps == 0.1
+    assert Job.create(output_dir="x").training_arguments("x").warmup_steps == 0.01  # WIDTrainingArguments' default
 
 
 def test_presets_budget_schedule_and_method_defaults():
@@ -137,6 +143,12 @@ def test_a_demo_job_given_only_its_length_runs_in_budget_mode():
     assert Job.create(output_dir="x", max_steps=300, method="etd-impt").training.learning_rate == STUDENT_LEARNING_RATE
     sized = Job.create(output_dir="x", max_steps=300, target_hidden_size=192, target_intermediate_size=768)
     assert (sized.wid.target_hidden_size, sized.wid.target_ratio, sized.wid.decay) == (192, None, "linear")
+    # --hard_mask_at moves budget mode's hard-mask step (75% of 300 steps: intervals of 21 from step 30)
+    later = Job.create(output_dir="x", max_steps=300, hard_mask_at=0.75).wid
+    assert (later.pruning_start, later.mask_interval, later.pruning_intervals, later.decay) == (30, 21, 8, "linear")
+    for elsewhere in (dict(budget_mode=False), dict(mask_interval=10), dict(preset="wid55")):
+        with pytest.raises(ValueError, match="hard_mask_at"):
+            Job.create(output_dir="x", max_steps=300, hard_mask_at=0.75, **elsewhere)
 
 
 def test_fill_mask_examples_catch_a_student_that_ignores_its_input(tmp_path):

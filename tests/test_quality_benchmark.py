@@ -54,7 +54,7 @@ def test_quality_benchmark_smoke(tmp_path):
     for name in ("wid-budget", "wid-reference", "wid+attention"):
         assert f"| {name} | {results['methods'][name]['hard_masks']['step']} |" in hard_rows, name
     # an ablation: one option of a method against the method's row above, decided on the validation split
-    ablation = subprocess.run(common + ["--ablation", "non-monotone", "--lr-from",
+    ablation = subprocess.run(common + ["--ablation", "non-monotone", "hard-at-0.75", "--lr-from",
                                         str(tmp_path / "results" / "lr_search-4.json")],
                               capture_output=True, text=True, timeout=900, env=env)
     assert ablation.returncode == 0, ablation.stderr[-4000:]
@@ -63,14 +63,34 @@ def test_quality_benchmark_smoke(tmp_path):
     assert run["without"]["validation"] == results["methods"]["wid-budget"]["validation"]
     assert 0 <= run["validation"]["mlm_accuracy"] <= 1
     assert "| wid-budget + non-monotone | 4 |" in (tmp_path / "results" / "ablations.md").read_text()
+    later = json.loads((tmp_path / "results" / "ablations.json").read_text())["runs"]["hard-at-0.75@4"]["settings"]
+    assert (later["mask_interval"], later["pruning_intervals"], later["decay"]) == (1, 3, "linear")  # for 4 steps
     sweep = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "quality.py"), "--sweep-chart",
                             str(tmp_path / "results")], capture_output=True, text=True, timeout=300, env=env)
     assert sweep.returncode == 0, sweep.stderr[-4000:]
     assert (tmp_path / "results" / "budget_sweep.png").is_file()
+    # a variant outside the default methods, at its method's searched rate, then over two seeds (a file stem as OUT)
+    late = subprocess.run(common[:-2] + ["--out", str(tmp_path / "seed1"), "--seed", "1", "--methods", "wid-budget",
+                                         "wid-budget-late", "--finetune-tasks", "--lr-from",
+                                         str(tmp_path / "results" / "lr_search-4.json")],
+                          capture_output=True, text=True, timeout=900, env=env)
+    assert late.returncode == 0, late.stderr[-4000:]
+    assert json.loads((tmp_path / "seed1" / "quality-4.json").read_text())["methods"]["wid-budget-late"][
+        "learning_rate"] == found["chosen"]["wid-budget"]
+    # an ablation already measured, compared again with another run of its method (no training: nothing to redo)
+    again = subprocess.run(common + ["--ablation", "non-monotone", "--without-from", str(tmp_path / "seed1")],
+                           capture_output=True, text=True, timeout=300, env=env)
+    assert again.returncode == 0, again.stderr[-4000:]
+    redone = json.loads((tmp_path / "results" / "ablations.json").read_text())["runs"]["non-monotone@4"]
+    seed1 = json.loads((tmp_path / "seed1" / "quality-4.json").read_text())["methods"]["wid-budget"]
+    assert redone["without"]["validation"] == seed1["validation"] and redone["validation"] == run["validation"]
+    assert redone["without_from"].endswith(os.path.join("seed1", "quality-4.json"))
     seeds = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "quality.py"), "--seeds-table",
-                            str(tmp_path), str(tmp_path / "results" / "quality-4.json")],
+                            str(tmp_path / "two-seeds"), str(tmp_path / "results" / "quality-4.json"),
+                            str(tmp_path / "seed1" / "quality-4.json")],
                            capture_output=True, text=True, timeout=300, env=env)
     assert seeds.returncode == 0, seeds.stderr[-4000:]
-    by_seed = json.loads((tmp_path / "seeds-4.json").read_text())["methods"]["wid-budget"]
-    assert by_seed["0"]["heldout"] == results["methods"]["wid-budget"]["heldout"]
-    assert "| wid-budget |" in (tmp_path / "seeds-4.md").read_text()
+    table = json.loads((tmp_path / "two-seeds.json").read_text())["methods"]
+    assert table["wid-budget"]["0"]["heldout"] == results["methods"]["wid-budget"]["heldout"]
+    assert set(table["wid-budget"]) == {"0", "1"} and "wid-budget-late" not in table  # only in one of the runs
+    assert "| wid-budget |" in (tmp_path / "two-seeds.md").read_text()

@@ -23,6 +23,8 @@ __all__ = ["WIDConfig", "TeacherDims", "PRESETS", "CONFIG_NAME"]
 HEAD_STRATEGIES = ("dim", "head")
 MASK_SCORINGS = ("reference", "aggregate", "taylor")
 DECAYS = ("reference", "linear")
+# Budget mode: masks become hard at this fraction of the run (WIDConfig.for_budget; docs/method.md, "Budget mode")
+BUDGET_HARD_MASK_AT = 0.55
 
 
 @dataclass(frozen=True)
@@ -198,11 +200,12 @@ class WIDConfig:
         return cls(**{**PRESETS[key], **overrides})
 
     @classmethod
-    def for_budget(cls, max_steps: int, **overrides) -> "WIDConfig":
+    def for_budget(cls, max_steps: int, hard_mask_at: float = BUDGET_HARD_MASK_AT, **overrides) -> "WIDConfig":
         """Budget mode: WID for a run of `max_steps` optimizer steps (hundreds to tens of thousands), not the paper's
         400k. The schedule scales with the run: its clock starts at 10% of the steps, the first selection comes one
-        5% interval later (15%), the targets are reached after 8 intervals (50%) and hard masks one interval later
-        (55%), so the student trains at its final shape for the last 45%. Indices are scored by first-order (Taylor) importance,
+        interval later, the targets are reached after 8 intervals and hard masks one interval later, at
+        `hard_mask_at` of the run (default 55%: intervals of 5%, first selection at 15%, targets at 50%), so the
+        student trains at its final shape for the rest. Indices are scored by first-order (Taylor) importance,
         pruned entries decay linearly to exactly zero, pruned stays pruned, and no warm-up L2 shrinks the teacher.
         `overrides` are any WIDConfig fields (targets are required, as for WIDConfig). docs/method.md, "Budget mode",
         says why each differs from the reference.
@@ -213,8 +216,12 @@ class WIDConfig:
         """
         if max_steps < 4:
             raise ValueError(f"budget mode needs at least 4 steps, got {max_steps}.")
+        if not 0.1 < hard_mask_at < 1.0:
+            raise ValueError(f"hard_mask_at is a fraction of the run after the schedule's clock starts at 10%, "
+                             f"so it must lie in (0.1, 1); got {hard_mask_at}.")
         start = max_steps // 10
-        interval = max(1, max_steps // 20)
+        # 9 equal intervals from 10% of the run to hard_mask_at: the first selection, 7 more, then hard masks
+        interval = max(1, math.floor(max_steps * (hard_mask_at - 0.1) / 9 + 1e-9))
         room = (max_steps - start) // interval - 1  # intervals that fit before the hard-mask interval
         settings = dict(pruning_start=start, mask_interval=interval, pruning_intervals=max(1, min(8, room)),
                         head_prune_every=1, mask_scoring="taylor", decay="linear", monotone_masks=True,

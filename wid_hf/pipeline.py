@@ -39,7 +39,7 @@ from dataclasses import dataclass, field
 from typing import Optional
 
 from . import __version__
-from .config import PRESETS, TeacherDims, WIDConfig
+from .config import BUDGET_HARD_MASK_AT, PRESETS, TeacherDims, WIDConfig
 
 logger = logging.getLogger(__name__)
 
@@ -116,6 +116,11 @@ class JobArguments:
         "help": "Under --preset demo, WID runs in budget mode unless a schedule is given (WIDConfig.for_budget: "
                 "Taylor scores, linear decay to zero, monotone masks, schedule scaled to the run, budget learning "
                 "rates); --budget_mode false gives the reference method on the same scaled schedule instead."})
+    hard_mask_at: Optional[float] = field(default=None, metadata={
+        "help": f"Budget mode: the fraction of the run at which masks become hard (default {BUDGET_HARD_MASK_AT}; "
+                "pruning runs from 10%% of the run to here, then the student trains at its final shape). Later "
+                "costs more time (pruning steps are the expensive ones); docs/method.md, 'Budget mode', has what "
+                "earlier and later measured."})
     overwrite_output_dir: bool = field(default=False, metadata={
         "aliases": ["--overwrite"], "help": "Delete what --output_dir holds and start over."})
 
@@ -161,6 +166,9 @@ class JobTrainingArguments:
                 f"(default {STUDENT_LEARNING_RATE})."})
     compactor_learning_rate: Optional[float] = field(default=None, metadata={
         "help": "Learning rate of WID's compactors and of Weight Distillation's generator (default: from --preset)."})
+    warmup_steps: Optional[float] = field(default=None, metadata={
+        "help": "Linear learning-rate warm-up, in steps or as a ratio of the run in [0, 1), for every method "
+                "(default: WIDTrainingArguments' 0.01, the reference's 1%%)."})
     save_steps: int = field(default=50, metadata={"help": "Checkpoint every N steps."})
     save_total_limit: int = field(default=1, metadata={
         "help": "Checkpoints kept on disk, the newest (the previous one is deleted only once the new one is "
@@ -213,9 +221,15 @@ class Job:
                 wid.pop(key, None)
         steps = settings.get("max_steps") or preset["max_steps"]
         budget = preset_name == BUDGET_PRESET and not any(settings.get(k) is not None for k in _SCHEDULE_FIELDS)
+        if settings.get("hard_mask_at") is not None and not (budget and settings.get("budget_mode", True)):
+            raise ValueError("--hard_mask_at places budget mode's hard-mask step; it does not apply with "
+                             "--budget_mode false, a preset other than demo, or a schedule given "
+                             "(--mask_interval / --pruning_intervals). Drop one or the other.")
         if budget and settings.get("budget_mode", True):
             sizes = {k: settings.get(k, wid.get(k)) for k in _SIZE_FIELDS}
-            budget_wid = WIDConfig.for_budget(steps, **sizes)
+            hard_mask_at = settings.get("hard_mask_at")
+            hard_mask_at = BUDGET_HARD_MASK_AT if hard_mask_at is None else hard_mask_at
+            budget_wid = WIDConfig.for_budget(steps, hard_mask_at=hard_mask_at, **sizes)
             wid.update({k: v for k, v in dataclasses.asdict(budget_wid).items() if v != _WID_DEFAULTS[k]})
             if method == "wid":
                 settings = {"learning_rate": BUDGET_LEARNING_RATE,
@@ -271,6 +285,8 @@ class Job:
                     # only when the encoder is adapted, so that job directories of wid_hf <= 0.2 still resume
                     **({"warmup_encoder_lr": j.warmup_encoder_learning_rate} if j.warmup_encoder_learning_rate else {}),
                     "kd_objective": None if j.objective == "mlm" else j.objective, "keep_layers": j.keep_layers}
+        if t.warmup_steps is not None:  # only when given: job directories written before it existed still resume
+            identity["warmup_steps"] = t.warmup_steps
         if j.method != "wid":
             identity["method"] = j.method
         if d.validation_sequences:
@@ -293,7 +309,8 @@ class Job:
             gradient_accumulation_steps=t.gradient_accumulation_steps, learning_rate=t.learning_rate,
             compactor_learning_rate=t.compactor_learning_rate, logging_steps=max(1, min(10, steps // 20)),
             save_strategy="steps", save_steps=t.save_steps, save_total_limit=t.save_total_limit, report_to=[],
-            seed=t.seed, bf16=t.bf16, disable_tqdm=t.disable_tqdm, **overrides)
+            seed=t.seed, bf16=t.bf16, disable_tqdm=t.disable_tqdm,
+            **({} if t.warmup_steps is None else {"warmup_steps": t.warmup_steps}), **overrides)
 
 
 _WID_DEFAULTS = {f.name: f.default for f in dataclasses.fields(WIDConfig)}
