@@ -69,18 +69,6 @@ SAME_RATE_AS = {"wid-budget-late": "wid-budget", "etd-impt+mlm-warm": "etd-impt+
 METHODS = [name for name in RUNS if name not in SAME_RATE_AS]
 
 
-def _budget_schedule(hard_mask_at):
-    """Budget mode's settings with hard masks at `hard_mask_at` of the run (WIDConfig.for_budget), for a run's steps.
-    Given in full: a schedule passed to the pipeline replaces budget mode's, so the other budget fields come along."""
-    from wid_hf.config import WIDConfig
-
-    def settings(steps):
-        c = WIDConfig.for_budget(steps, hard_mask_at=hard_mask_at, target_ratio=0.5)
-        return {k: getattr(c, k) for k in ("pruning_start", "mask_interval", "pruning_intervals", "head_prune_every",
-                                           "mask_scoring", "decay", "monotone_masks", "warmup_l2")}
-    return settings
-
-
 # --ablation name -> (the method it changes, the settings it changes): one option measured against the method as run.
 # ablations.json also keeps "decaying-ln" (LayerNorm statistics following the linear decay, wid_hf at commit 3503f7e),
 # measured and not adopted: the option was removed from the library.
@@ -89,9 +77,9 @@ ABLATIONS = {
     "non-monotone": ("wid-budget", dict(monotone_masks=False)),  # masks re-selected from scratch at every update
     # a shorter or longer pruning phase: hard masks at 28% / 32.5% / 75% of the run instead of 55% (intervals of
     # 2% / 2.5% / 7.2% instead of 5%)
-    "hard-at-0.28": ("wid-budget", _budget_schedule(0.28)),
-    "hard-at-0.325": ("wid-budget", _budget_schedule(0.325)),
-    "hard-at-0.75": ("wid-budget", _budget_schedule(0.75)),
+    "hard-at-0.28": ("wid-budget", dict(hard_mask_at=0.28)),
+    "hard-at-0.325": ("wid-budget", dict(hard_mask_at=0.325)),
+    "hard-at-0.75": ("wid-budget", dict(hard_mask_at=0.75)),
     # a longer learning-rate warm-up (10% of the run instead of 1%), for WID and for ETD-Impt alike
     "warmup-0.1": ("wid-budget", dict(warmup_steps=0.1)),
     "warmup-0.1/etd": ("etd-impt+mlm", dict(warmup_steps=0.1)),
@@ -101,12 +89,6 @@ ABLATIONS = {
     "compactor-ratio-0.03": ("wid-budget", dict(compactor_ratio=0.03)),
     "compactor-ratio-0.3": ("wid-budget", dict(compactor_ratio=0.3)),
 }
-
-
-def ablation_settings(name, steps):
-    """The settings an ablation changes, for a run of `steps` (some depend on the run's length)."""
-    settings = ABLATIONS[name][1]
-    return settings(steps) if callable(settings) else dict(settings)
 
 
 TASK_TITLES = {"bbc-topics": "BBC topics", "polarity": "polarity"}
@@ -120,7 +102,7 @@ def run_method(name, a, steps, lr, workdir, ablation=None):
 
     settings = dict(RUNS[name])
     if ablation is not None:
-        settings.update(ablation_settings(ablation, steps))
+        settings.update(ABLATIONS[ablation][1])
     ratio = settings.pop("compactor_ratio", WID_COMPACTOR_RATIO)
     if settings["method"] == "wid":
         settings["compactor_learning_rate"] = lr * ratio
@@ -223,7 +205,7 @@ def ablations(a, chosen):
     for steps in a.steps:
         for name in a.ablation:
             key = f"{name}@{steps}"
-            base, settings = ABLATIONS[name][0], ablation_settings(name, steps)
+            base, settings = ABLATIONS[name]
             if key not in found["runs"]:
                 lr = chosen.get(base, a.lr)
                 report = run_method(base, a, steps, lr, a.workdir, ablation=name)

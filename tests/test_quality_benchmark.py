@@ -63,8 +63,8 @@ def test_quality_benchmark_smoke(tmp_path):
     assert run["without"]["validation"] == results["methods"]["wid-budget"]["validation"]
     assert 0 <= run["validation"]["mlm_accuracy"] <= 1
     assert "| wid-budget + non-monotone | 4 |" in (tmp_path / "results" / "ablations.md").read_text()
-    later = json.loads((tmp_path / "results" / "ablations.json").read_text())["runs"]["hard-at-0.75@4"]["settings"]
-    assert (later["mask_interval"], later["pruning_intervals"], later["decay"]) == (1, 3, "linear")  # for 4 steps
+    later = json.loads((tmp_path / "results" / "ablations.json").read_text())["runs"]["hard-at-0.75@4"]
+    assert later["settings"] == {"hard_mask_at": 0.75} and later["hard_masks"]["step"] is not None
     sweep = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "quality.py"), "--sweep-chart",
                             str(tmp_path / "results")], capture_output=True, text=True, timeout=300, env=env)
     assert sweep.returncode == 0, sweep.stderr[-4000:]
