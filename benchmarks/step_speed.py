@@ -103,8 +103,13 @@ def worker(args) -> dict:
     pick = torch.rand(ids.shape, generator=g) < 0.15
     labels[pick] = ids[pick]
     batch = {"input_ids": ids.to(device), "labels": labels.to(device)}
-    # foreach: torch's default AdamW (the committed tables); fused: Trainer's default optim ("adamw_torch_fused")
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5, fused=args.optimizer == "fused")
+    # foreach: torch's default AdamW (foreach kernels on CUDA; torch has none on CPU, where it is the for-loop);
+    # fused: Trainer's default optim ("adamw_torch_fused"); for-loop: one update per tensor. (Passing fused=False
+    # is not the default: it turns foreach off too, which the GPU tables of 2026-11-28 measured by mistake.)
+    choice = {"foreach": {}, "fused": {"fused": True}, "for-loop": {"foreach": False}}[args.optimizer]
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5, **choice)
+    implementation = ("fused" if args.optimizer == "fused" else
+                      "foreach" if args.optimizer == "foreach" and device.type == "cuda" else "for-loop")
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.dtype == "bf16")
 
     def forward_backward():
@@ -139,7 +144,7 @@ def worker(args) -> dict:
         step()
         sync()
         times.append(time.perf_counter() - t0)
-    result = {"step_s": statistics.median(times), "times": times}
+    result = {"step_s": statistics.median(times), "times": times, "adamw": implementation}
     if device.type == "cuda":
         result["peak_mib"] = torch.cuda.max_memory_allocated() / 2**20
     else:
@@ -182,7 +187,7 @@ def projections(rows: list[dict]) -> list[dict]:
         dims = TeacherDims(768, 3072, 12)
         config = WIDConfig.from_preset(preset).resolve(dims)
         hard_step = pruning_end_step(config, dims, kinds) + config.mask_interval
-        for batch in (8, 32):
+        for batch in sorted({r["batch"] for r in rows if r["shape"] == "base"}):
             entry = {"run": f"{preset.upper()} reference schedule ({REFERENCE_TOTAL_STEPS:,} steps, BERT-base, {batch}x128)",
                      "hard_mask_step": hard_step, "total_steps": REFERENCE_TOTAL_STEPS}
             for label, before in (("before", True), ("after", False)):
@@ -245,7 +250,8 @@ def write_results(rows, meta, out_dir, name) -> str:
         plines.append(f"| {p['run']} | step {p['hard_mask_step']:,} | {_hours(p['before'])} | "
                       f"{_hours(after) if after else '-'} | {p['before'] / after:.2f}× | {ref} |" if after else
                       f"| {p['run']} | step {p['hard_mask_step']:,} | {_hours(p['before'])} | - | - | {ref} |")
-    text = (f"Measured {time.strftime('%Y-%m-%d')} on {meta}.\n\n"
+    adamw = ", ".join(sorted({r.get("adamw", "not recorded") for r in rows}))
+    text = (f"Measured {time.strftime('%Y-%m-%d')} on {meta}. AdamW implementation: {adamw}.\n\n"
             "× teacher: step time over the plain teacher's (transformers' own MLM loss, head at every position), "
             "measured in the same run. FLOP ratio: the same for counted FLOPs; share of FLOP bound = FLOP ratio / "
             "time ratio (100%: the run is exactly as fast as its FLOPs allow, relative to the teacher). Peak memory: "
@@ -268,8 +274,9 @@ def main():
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32", help="bf16: autocast")
     parser.add_argument("--modes", nargs="+", default=list(MODES), choices=MODES, help="measure only these runs")
-    parser.add_argument("--optimizer", choices=["foreach", "fused"], default="foreach",
-                        help="AdamW implementation (fused: what Trainer uses by default)")
+    parser.add_argument("--optimizer", choices=["foreach", "fused", "for-loop"], default="foreach",
+                        help="AdamW implementation: foreach is torch's default (the for-loop on CPU), fused what "
+                             "Trainer uses by default")
     parser.add_argument("--out", default=os.path.join(HERE, "results"))
     parser.add_argument("--name", default=None, help="results file name (default step_speed[_<device>_<dtype>])")
     parser.add_argument("--profile", type=int, default=0, metavar="ROWS",

@@ -20,6 +20,7 @@ def test_step_speed_benchmark_smoke(tmp_path):
     assert runs == {("teacher", True), ("teacher", False), ("student", False), ("wid-pruning", True),
                     ("wid-pruning", False), ("wid-hard", True), ("wid-hard", False), ("wid-hard-whole", False)}
     assert all(r["step_s"] > 0 and r["peak_mib"] > 0 and r["gflop"] > 0 for r in rows)
+    assert {r["adamw"] for r in rows} == {"for-loop"}  # torch's default AdamW has no foreach kernels on CPU
     hard = {r["before"]: r["gflop"] for r in rows if r["mode"] == "wid-hard"}
     assert hard[False] < hard[True]  # the student path and the masked-position head do less work
     whole = next(r["gflop"] for r in rows if r["mode"] == "wid-hard-whole")
@@ -38,6 +39,7 @@ def test_step_speed_subset_fused_optimizer_and_profile(tmp_path):
     assert out.returncode == 0, out.stderr[-3000:]
     data = json.loads((tmp_path / "speed.json").read_text())
     assert {r["mode"] for r in data["rows"]} == {"teacher", "wid-hard"} and data["meta"]["optimizer"] == "fused"
+    assert {r["adamw"] for r in data["rows"]} == {"fused"} and "AdamW implementation: fused." in (tmp_path / "speed.md").read_text()
     # --profile: the operator table goes to stderr, the one-line result stays on stdout
     worker = [sys.executable, script, "--worker", "--shape", "tiny", "--mode", "wid-hard", "--batch", "2", "--seq",
               "16", "--repeats", "1", "--profile", "5"]
@@ -58,3 +60,22 @@ def test_step_speed_with_gradient_accumulation_folds_once(tmp_path):
         assert out.returncode == 0, out.stderr[-3000:]
         gflop[fold_once] = json.loads(out.stdout.strip().splitlines()[-1])["gflop"]
     assert gflop[True] < gflop[False]
+
+
+def test_schedule_projections_use_every_measured_batch():
+    """The WID11 projection is made for each BERT-base batch measured (a GPU run at 128x128 alone gets one too):
+    8,500 steps at the pruning cost, the rest of 400,000 at the hard-mask cost of the WID11 shape."""
+    sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+    import step_speed
+
+    def row(mode, target, before, step_s):
+        return dict(shape="base", batch=128, mode=mode, target=target, before=before, step_s=step_s)
+
+    rows = [row("teacher", "half", True, 0.25), row("wid-pruning", "half", True, 0.33),
+            row("wid-pruning", "half", False, 0.28), row("wid-hard", "half", True, 0.34),
+            row("wid-hard", "wid11", False, 0.08)]
+    (entry,) = step_speed.projections(rows)
+    assert "128x128" in entry["run"] and entry["hard_mask_step"] == 8_500
+    assert entry["before"] == pytest.approx(8_500 * 0.33 + 391_500 * 0.34)
+    assert entry["after"] == pytest.approx(8_500 * 0.28 + 391_500 * 0.08)
+    assert entry["plain_teacher"] == pytest.approx(400_000 * 0.25)

@@ -129,7 +129,7 @@ def test_an_optimizer_with_factored_state_keeps_whole_compactors():
 
 
 def test_compact_compactors_refuses_soft_masks_and_the_full_path_refuses_compacted_compactors():
-    model = get_wid_model(tiny_teacher(), WIDConfig(**SHAPE))
+    model = get_wid_model(tiny_teacher(), WIDConfig(**SHAPE)).to(DEVICE)
     with pytest.raises(RuntimeError, match="needs hard masks"):
         model.compact_compactors()
     model.finalize_masks()
