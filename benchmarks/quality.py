@@ -247,7 +247,14 @@ def run_budget(a, steps, chosen):
 
     path = os.path.join(a.out, f"quality-{steps}.json")
     results = _load(path, {"methods": {}})
-    results.update({"setup": {**{k: v for k, v in vars(a).items() if k not in ("out", "steps")}, "steps": steps},
+    # the setup of this invocation; its method list keeps the methods earlier invocations added to the file, and
+    # an invocation that fine-tunes nothing keeps the fine-tuning settings of the rows that were fine-tuned
+    earlier = results.get("setup", {})
+    setup = {**{k: v for k, v in vars(a).items() if k not in ("out", "steps")}, "steps": steps,
+             "methods": list(dict.fromkeys([*earlier.get("methods", []), *a.methods]))}
+    if not a.finetune_tasks and earlier.get("finetune_tasks"):
+        setup.update({k: v for k, v in earlier.items() if k.startswith("finetune_")})
+    results.update({"setup": setup,
                     "torch": torch.__version__,
                     "device": "cuda" if torch.cuda.is_available() else f"cpu ({torch.get_num_threads()} threads)"})
 
@@ -312,7 +319,7 @@ def write_table_and_chart(results, out, steps):
             f"offline Wikipedia leads, seed {s['seed']}, targets hidden {s['hidden']} / FFN {s['ffn']}; {results['device']}, "
             f"torch {results['torch']}. "
             + (f"Fine-tuning: {s['finetune_epochs']:g} epochs on at most {s['finetune_max_train']} examples, seeds "
-               f"{s['finetune_seeds']} (mean ± std)." if s.get("finetune_tasks") else "No fine-tuning in this run.")
+               f"{s['finetune_seeds']} (mean ± std)." if tasks else "No fine-tuning in this run.")
             + f" Learning rates from the search in lr_search-{s.get('search_steps', 120)}.json where it covered "
             "the method; validation = the last sequences of the training corpus (held back), held-out = BBC News.")
     hard = ["| WID run | hard-mask step | pruned norm just before | logged loss before → after |", "|---|---|---|---|"]
