@@ -161,6 +161,26 @@ def test_bf16_autocast_on_cpu_runs(tmp_path):
     assert torch.isfinite(torch.tensor(out.training_loss))
 
 
+def test_torch_compile_trains_the_same_run(tmp_path):
+    """Trainer's ``torch_compile=True`` hands compute_loss the compiled wrapper: the masked-position head must still
+    be found through it, and mask growth, hard masks and compaction (new parameter shapes) must recompile cleanly."""
+    runs = {}
+    for compiled in (False, True):
+        trainer = make_trainer(tmp_path / str(compiled), max_steps=12, torch_compile=compiled)
+        trainer.train()
+        runs[compiled] = trainer
+    assert type(runs[True].model_wrapped).__name__ == "OptimizedModule"
+    losses = {c: [h["loss"] for h in t.state.log_history if "loss" in h] for c, t in runs.items()}
+    assert len(losses[True]) == 12 and losses[True] == pytest.approx(losses[False], abs=1e-3)
+    eager, compiled = runs[False].wid_model, runs[True].wid_model
+    assert compiled.hard_masks_active and compiled.kept_sizes() == eager.kept_sizes()
+    for name in eager.masks.group_names:
+        assert torch.equal(eager.masks.get(name), compiled.masks.get(name))
+    expected = eager.merge_and_unload().state_dict()
+    for key, value in compiled.merge_and_unload().state_dict().items():
+        assert torch.allclose(value, expected[key], atol=1e-3), key
+
+
 def test_accepts_a_wid_model_and_refuses_a_bare_teacher(tmp_path):
     model = WIDModel(tiny_teacher(), WIDConfig(**FAST))
     trainer = WIDTrainer(model=model, args=make_args(tmp_path, max_steps=2), train_dataset=mlm_dataset(),

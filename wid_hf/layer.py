@@ -233,11 +233,21 @@ def chain_costs(tokens: int, right, weight, left) -> dict[str, int]:
     return costs
 
 
+def cheapest(costs: dict[str, int]) -> str:
+    """The first key of least cost (as ``min(costs, key=costs.get)``, written so torch.compile traces it without a
+    graph break)."""
+    best = None
+    for plan, cost in costs.items():
+        if best is None or cost < costs[best]:
+            best = plan
+    return best
+
+
 def apply_chain(x: torch.Tensor, right, weight, left, bias) -> torch.Tensor:
     """``R·(W·(L·x) + b)`` in the order `chain_costs` finds cheapest for this many tokens."""
     tokens = x.numel() // x.shape[-1]
     costs = chain_costs(tokens, right, weight, left)
-    plan = min(costs, key=costs.get)
+    plan = cheapest(costs)
     if plan == "fold":
         w, b = fold_chain(right, weight, left, bias)
         return F.linear(x, w, b)
@@ -280,7 +290,7 @@ class FoldReuse:
             costs = chain_costs(x.numel() // x.shape[-1], right, weight, left)
             once = min(_fold_costs(right, weight, left))  # a full fold is now paid once per micro_batches
             costs["fold"] -= once - once // self.micro_batches
-            if min(costs, key=costs.get) != "fold":
+            if cheapest(costs) != "fold":
                 return apply_chain(x, right, weight, left, bias)
             w, b = fold_chain(right, weight, left, bias)
             self.folds += 1

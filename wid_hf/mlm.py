@@ -20,12 +20,16 @@ from torch import nn
 
 
 def mlm_head(model: nn.Module) -> Optional[nn.Module]:
-    """The ``cls`` head of a BertForMaskedLM, seen through DDP/accelerate wrappers and a `WIDModel`; None if the
-    model has no masked-LM head."""
+    """The ``cls`` head of a BertForMaskedLM, seen through DDP/accelerate/torch.compile wrappers and a `WIDModel`;
+    None if the model has no masked-LM head."""
     from .model import WIDModel
 
-    while not isinstance(model, WIDModel) and isinstance(getattr(model, "module", None), nn.Module):
-        model = model.module  # DDP / accelerate wrappers
+    while not isinstance(model, WIDModel):
+        inner = getattr(model, "module", None)  # DDP / accelerate wrappers
+        inner = inner if isinstance(inner, nn.Module) else getattr(model, "_orig_mod", None)  # torch.compile
+        if not isinstance(inner, nn.Module):
+            break
+        model = inner
     if isinstance(model, WIDModel):
         model = model.base_model
     if type(model).__name__ != "BertForMaskedLM":

@@ -279,8 +279,8 @@ def wid_metrics(model: WIDModel) -> dict[str, float]:
 
 
 def _unwrap_wid(model) -> WIDModel:
-    while not isinstance(model, WIDModel) and hasattr(model, "module"):
-        model = model.module  # DDP / accelerate wrappers
+    while not isinstance(model, WIDModel) and (hasattr(model, "module") or hasattr(model, "_orig_mod")):
+        model = model.module if hasattr(model, "module") else model._orig_mod  # DDP / accelerate / torch.compile
     if not isinstance(model, WIDModel):
         raise TypeError(f"expected a WIDModel, got {type(model).__name__}")
     return model
