@@ -119,6 +119,25 @@ def test_wid_with_attention_transfer(tmp_path):
     assert diff <= 1e-4
 
 
+def test_wid_with_attention_transfer_under_torch_compile(tmp_path):
+    """Trainer's ``torch_compile=True`` hands compute_loss the compiled wrapper: the KD objective must still find the
+    WIDModel inside it (on the student path its query/key projections are expanded back to the teacher's width)."""
+    losses = {}
+    for compiled in (False, True):
+        teacher = tiny_teacher()
+        trainer = WIDDistillationTrainer(
+            model=copy.deepcopy(teacher), wid_config=WIDConfig(target_hidden_size=24, target_intermediate_size=40,
+                                                               mask_interval=2, pruning_intervals=2),
+            teacher=teacher, objective="attention_kl",
+            args=WIDTrainingArguments(**make_args(tmp_path / str(compiled), max_steps=8, torch_compile=compiled,
+                                                  compactor_learning_rate=1e-2)),
+            train_dataset=mlm_dataset(), data_collator=default_data_collator)
+        trainer.train()
+        assert trainer.wid_model.hard_masks_active
+        losses[compiled] = [h["loss"] for h in trainer.state.log_history if "loss" in h]
+    assert len(losses[True]) == 8 and losses[True] == pytest.approx(losses[False], abs=1e-3)
+
+
 def test_weight_generator_trains_and_materializes():
     teacher = tiny_teacher(layers=4)
     generator = WeightGenerator(teacher, hidden_size=24, intermediate_size=40, num_hidden_layers=2)

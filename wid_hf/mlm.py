@@ -18,18 +18,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .utils import unwrap_model
+
 
 def mlm_head(model: nn.Module) -> Optional[nn.Module]:
     """The ``cls`` head of a BertForMaskedLM, seen through DDP/accelerate/torch.compile wrappers and a `WIDModel`;
     None if the model has no masked-LM head."""
     from .model import WIDModel
 
-    while not isinstance(model, WIDModel):
-        inner = getattr(model, "module", None)  # DDP / accelerate wrappers
-        inner = inner if isinstance(inner, nn.Module) else getattr(model, "_orig_mod", None)  # torch.compile
-        if not isinstance(inner, nn.Module):
-            break
-        model = inner
+    model = unwrap_model(model)
     if isinstance(model, WIDModel):
         model = model.base_model
     if type(model).__name__ != "BertForMaskedLM":

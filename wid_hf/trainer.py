@@ -31,6 +31,7 @@ from .mlm import masked_lm_loss
 from .model import WIDModel, get_wid_model
 from .resume import ExactResumeMixin
 from .schedule import GROUP_KINDS
+from .utils import unwrap_model
 
 logger = logging.getLogger(__name__)
 
@@ -279,8 +280,7 @@ def wid_metrics(model: WIDModel) -> dict[str, float]:
 
 
 def _unwrap_wid(model) -> WIDModel:
-    while not isinstance(model, WIDModel) and (hasattr(model, "module") or hasattr(model, "_orig_mod")):
-        model = model.module if hasattr(model, "module") else model._orig_mod  # DDP / accelerate / torch.compile
+    model = unwrap_model(model)
     if not isinstance(model, WIDModel):
         raise TypeError(f"expected a WIDModel, got {type(model).__name__}")
     return model

@@ -6,6 +6,7 @@ from __future__ import annotations
 import copy
 from typing import Optional
 
+from accelerate.utils import extract_model_from_parallel
 from torch import nn
 
 
@@ -73,3 +74,13 @@ def quiet_trainer_logs(trainer) -> None:
     trainer.remove_callback(PrinterCallback)
     if trainer.pop_callback(ProgressCallback) is not None:
         trainer.add_callback(LossInBar)
+
+
+def unwrap_model(model: nn.Module) -> nn.Module:
+    """The module under every training wrapper Trainer and accelerate may put around it (DDP, DataParallel, FSDP,
+    DeepSpeed, torch.compile, in any nesting order). A `WIDModel` or a plain BERT is returned as it is."""
+    while True:
+        inner = extract_model_from_parallel(model, keep_torch_compile=False)
+        if inner is model:
+            return model
+        model = inner

@@ -20,17 +20,17 @@ from transformers import Trainer
 
 from ..mlm import masked_lm_loss, mlm_head, mlm_head_at
 from ..resume import ExactResumeMixin
+from ..utils import unwrap_model
 from .etd import uniform_layers
 
 OBJECTIVES = ("mlm", "logit", "hidden", "attention_mse", "attention_kl")
 
 
 def _wid_model(model: nn.Module):
-    """The WIDModel inside `model` (through DDP wrappers), or None for a plain student."""
+    """The WIDModel inside `model` (through DDP / torch.compile wrappers), or None for a plain student."""
     from ..model import WIDModel
 
-    while not isinstance(model, WIDModel) and isinstance(getattr(model, "module", None), nn.Module):
-        model = model.module
+    model = unwrap_model(model)
     return model if isinstance(model, WIDModel) else None
 
 
