@@ -13,6 +13,7 @@ from conftest import ROOT, tiny_config, tiny_tokenizer
 from transformers import BertForMaskedLM, BertModel, GPT2Config, GPT2LMHeadModel
 
 from wid_hf import cli
+from wid_hf.pipeline import render_report
 
 WORDS = [f"w{i}" for i in range(115)]
 
@@ -80,6 +81,11 @@ def test_compress_merge_evaluate(workspace, capsys):
     assert 0 <= report["heldout"]["student"]["mlm_accuracy"] <= 1
     assert report["compression_ratio"] > 1.5 and report["inference"]["flop_ratio"] > 1
     assert "held-out masked-LM accuracy" in (job / "report.md").read_text()
+    # how context-dependent each model's held-out top-1 is, and a flag for a student that predicts one token
+    assert "held-out top-1 predictions" in (job / "report.md").read_text()
+    assert report["heldout"]["student"]["top1_distinct"] >= 1 and 0 < report["heldout"]["student"]["top1_share"] <= 1
+    report["heldout"]["student"].update(top1_distinct=1, top1_share=1.0, top1_most_common_token="the")
+    assert "predicts `the` at every held-out masked position" in render_report(report)
     # fill-mask examples, teacher beside student, and timings taken in alternation
     assert len(report["fill_mask"]["examples"]) == 5 and set(report["fill_mask"]["uses_context"]) == {"teacher",
                                                                                                      "student"}

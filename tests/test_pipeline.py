@@ -151,6 +151,30 @@ def test_a_demo_job_given_only_its_length_runs_in_budget_mode():
             Job.create(output_dir="x", max_steps=300, hard_mask_at=0.75, **elsewhere)
 
 
+def test_heldout_top1_statistics_catch_a_model_that_ignores_its_input():
+    import torch
+    from conftest import tiny_teacher
+    from datasets import Dataset
+
+    from wid_hf.evaluation import evaluate_mlm
+
+    g = torch.Generator().manual_seed(0)
+    ids = torch.randint(5, 99, (8, 16), generator=g)
+    labels = torch.where(torch.rand(8, 16, generator=g) < 0.3, ids, torch.full_like(ids, -100))
+    data = Dataset.from_dict({"input_ids": ids.tolist(), "labels": labels.tolist()})
+    listening, blind = tiny_teacher(), tiny_teacher()
+    with torch.no_grad():
+        blind.cls.predictions.bias[7] = 1e4  # one token wins whatever the input
+        top1 = listening(input_ids=ids).logits[labels != -100].argmax(-1)
+    heard = evaluate_mlm(listening, data, progressbar=False)
+    counts = torch.bincount(top1)
+    assert heard["top1_distinct"] == len(top1.unique()) > 1
+    assert heard["top1_share"] == pytest.approx(counts.max().item() / len(top1))
+    assert heard["top1_most_common"] == counts.argmax().item()
+    deaf = evaluate_mlm(blind, data, progressbar=False)
+    assert (deaf["top1_distinct"], deaf["top1_share"], deaf["top1_most_common"]) == (1, 1.0, 7)
+
+
 def test_fill_mask_examples_catch_a_student_that_ignores_its_input(tmp_path):
     import torch
     from conftest import tiny_teacher, tiny_tokenizer

@@ -1,9 +1,11 @@
-"""Measuring teachers and students: held-out masked-LM loss and accuracy, inference throughput, FLOPs."""
+"""Measuring teachers and students: held-out masked-LM loss and accuracy (and whether predictions depend on their
+context), inference throughput, FLOPs."""
 
 from __future__ import annotations
 
 import statistics
 import time
+from collections import Counter
 
 import torch
 import torch.nn.functional as F
@@ -14,11 +16,16 @@ from .mlm import mlm_head_at
 
 @torch.no_grad()
 def evaluate_mlm(model, dataset, batch_size: int = 32, progressbar: bool = True, desc: str = "Masked-LM eval") -> dict:
-    """Mean masked-token cross-entropy and accuracy over a dataset with fixed ``labels`` (see `data.fixed_masks`)."""
+    """Mean masked-token cross-entropy and accuracy over a dataset with fixed ``labels`` (see `data.fixed_masks`),
+    and how much the top-1 prediction depends on its context: ``top1_distinct`` (different top-1 tokens over all
+    masked positions) and ``top1_share`` (the share of positions given the most common one, with its id
+    ``top1_most_common``). A model that ignores its input predicts one token everywhere (1 and 1.0); over hundreds
+    of positions that is far better evidence than a handful of fill-mask sentences."""
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
     total_loss, correct, count = 0.0, 0, 0
+    predicted = Counter()
     try:
         for start in tqdm(range(0, len(dataset), batch_size), desc=desc, disable=not progressbar, leave=False):
             rows = dataset[start : start + batch_size]
@@ -29,13 +36,17 @@ def evaluate_mlm(model, dataset, batch_size: int = 32, progressbar: bool = True,
             with mlm_head_at(model, picked):  # the head at the masked positions only
                 logits = model(input_ids=ids, attention_mask=mask).logits.float()
             total_loss += F.cross_entropy(logits, labels[picked], reduction="sum").item()
-            correct += (logits.argmax(-1) == labels[picked]).sum().item()
+            top1 = logits.argmax(-1)
+            correct += (top1 == labels[picked]).sum().item()
+            predicted.update(top1.tolist())
             count += int(picked.sum())
     finally:
         model.train(was_training)
     if count == 0:
         raise ValueError("The evaluation set has no masked positions.")
-    return {"mlm_loss": total_loss / count, "mlm_accuracy": correct / count, "masked_tokens": count}
+    most_common, times = predicted.most_common(1)[0]
+    return {"mlm_loss": total_loss / count, "mlm_accuracy": correct / count, "masked_tokens": count,
+            "top1_distinct": len(predicted), "top1_share": times / count, "top1_most_common": most_common}
 
 
 @torch.no_grad()

@@ -599,6 +599,8 @@ def run(job: Job) -> dict:
         student = trainer.model
     save_pretrained_atomically(student_dir, student, tokenizer)
     student_eval = evaluate_mlm(student, heldout, progressbar=job.progressbar, desc="Student eval")
+    for measured in (teacher_eval, student_eval):
+        measured["top1_most_common_token"] = tokenizer.convert_ids_to_tokens(measured["top1_most_common"])
     speed = compare_throughput(teacher, student, batch_size=min(32, t.per_device_train_batch_size * 4),
                                seq_len=d.max_seq_length)
     fill_mask = fill_mask_examples({"teacher": teacher, "student": student}, tokenizer)
@@ -681,6 +683,11 @@ def _loss(value) -> str:
     return "-" if value is None else f"{value:.3f}"
 
 
+def _top1(measured: dict) -> str:
+    return (f"{measured['top1_distinct']:,} (`{measured['top1_most_common_token']}` "
+            f"{100 * measured['top1_share']:.0f}%)")
+
+
 def render_report(r: dict) -> str:
     t, s, h, inf = r["teacher"], r["student"], r["heldout"], r["inference"]
     method = r.get("method", "wid")
@@ -701,6 +708,9 @@ def render_report(r: dict) -> str:
         f"| held-out masked-LM loss ({h['corpus']}, {h['sequences']} seqs) | {h['teacher']['mlm_loss']:.3f} | "
         f"{h['student']['mlm_loss']:.3f} |",
         f"| held-out masked-LM accuracy | {h['teacher']['mlm_accuracy']:.3f} | {h['student']['mlm_accuracy']:.3f} |",
+        *([f"| held-out top-1 predictions: different tokens over {h['teacher']['masked_tokens']:,} masked positions "
+           f"(share of the most common) | {_top1(h['teacher'])} | {_top1(h['student'])} |"]
+          if "top1_distinct" in h["student"] else []),
         f"| inference, median s per batch of {inf['teacher']['batch_size']}x{inf['teacher']['seq_len']} "
         f"({inf['device']}, {inf['threads']} threads) | {inf['teacher']['batch_s']:.3f} | {inf['student']['batch_s']:.3f} |",
         "",
@@ -730,6 +740,10 @@ def render_report(r: dict) -> str:
         for name, uses in fill["uses_context"].items():
             if not uses:
                 lines.append(f"\n**The {name} predicts the same word whatever the sentence: it ignores its input.**")
+    for name in ("teacher", "student"):
+        if h[name].get("top1_distinct") == 1:
+            lines.append(f"\n**The {name} predicts `{h[name]['top1_most_common_token']}` at every held-out masked "
+                         "position: it ignores its input.**")
     lines += ["", "![widths and loss](training.png)", ""]
     if method == "wid":
         lines += ["![schedule](schedule.png)", ""]
