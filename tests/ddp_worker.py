@@ -1,6 +1,7 @@
 """Run by test_trainer.py under `torchrun --nproc_per_node 2` (and `accelerate launch`): a short WIDTrainer run on
-CPU/gloo (optionally with gradient accumulation: argv[2]); every rank writes its masks and merged student to
-OUT/rank{N}.pt so the test can compare them."""
+CPU/gloo (optionally with gradient accumulation: argv[2]; argv[3] "budget": budget mode, whose Taylor scores start
+from the teacher's); every rank writes its masks (with scores) and merged student to OUT/rank{N}.pt so the test can
+compare them."""
 
 import os
 import sys
@@ -14,7 +15,12 @@ from transformers import default_data_collator  # noqa: E402
 from wid_hf import WIDConfig, WIDTrainer, WIDTrainingArguments  # noqa: E402
 
 
-def main(out: str, accumulation: int = 1) -> None:
+def main(out: str, accumulation: int = 1, mode: str = "reference") -> None:
+    sizes = dict(target_hidden_size=24, target_intermediate_size=40)
+    if mode == "budget":
+        wid_config = WIDConfig.for_budget(12, taylor_init_batches=2, **sizes)
+    else:
+        wid_config = WIDConfig(mask_interval=2, pruning_intervals=4, **sizes)
     args = WIDTrainingArguments(
         output_dir=os.path.join(out, "run"),
         per_device_train_batch_size=4 // accumulation,
@@ -32,7 +38,7 @@ def main(out: str, accumulation: int = 1) -> None:
     )
     trainer = WIDTrainer(
         model=tiny_teacher(),
-        wid_config=WIDConfig(target_hidden_size=24, target_intermediate_size=40, mask_interval=2, pruning_intervals=4),
+        wid_config=wid_config,
         args=args,
         train_dataset=mlm_dataset(n=64),
         data_collator=default_data_collator,
@@ -52,4 +58,4 @@ def main(out: str, accumulation: int = 1) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1], int(sys.argv[2]) if len(sys.argv) > 2 else 1)
+    main(sys.argv[1], int(sys.argv[2]) if len(sys.argv) > 2 else 1, sys.argv[3] if len(sys.argv) > 3 else "reference")

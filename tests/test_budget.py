@@ -5,8 +5,8 @@ import os
 
 import pytest
 import torch
-from conftest import mlm_dataset, random_batch, tiny_teacher
-from transformers import default_data_collator
+from conftest import mlm_dataset, random_batch, tiny_teacher, tiny_tokenizer
+from transformers import DataCollatorForLanguageModeling, TrainerCallback, default_data_collator
 
 from wid_hf import WIDConfig, WIDTrainer, WIDTrainingArguments, get_wid_model
 from wid_hf import pruner
@@ -64,6 +64,61 @@ def test_taylor_score_is_the_first_order_change_of_the_loss_when_an_index_goes()
         assert float(ratio.median()) > 0.3 and float(ratio.median()) < 3.0, (name, ratio)
 
 
+def test_initial_taylor_scores_are_the_teachers_importance_averaged_over_batches():
+    from wid_hf.baselines.etd import gradient_importance
+
+    model = get_wid_model(tiny_teacher(dropout=0.1), WIDConfig(target_ratio=0.5, mask_scoring="taylor"))
+    model.train()
+    batches = [batch_with_labels(seed) for seed in (1, 2, 3)]
+    expected = {}
+    model.eval()  # by hand: |diagonal| of each compactor's gradient (identity compactors), summed, batch mean
+    for batch in batches:
+        model.zero_grad()
+        model(**batch).loss.backward()
+        for name, group in model.groups.items():
+            for param, _ in group.compactor_entries():
+                expected[name] = expected.get(name, 0) + param.grad.diagonal().abs() / len(batches)
+    model.zero_grad(set_to_none=True)
+    model.train()
+    rng = torch.get_rng_state()
+    pruner.initial_taylor_scores(model, batches, lambda m, b: m(**b).loss)
+    assert torch.equal(rng, torch.get_rng_state()) and model.training
+    assert all(p.grad is None for p in model.parameters())
+    assert set(expected) == set(model.masks.group_names)
+    etd = gradient_importance(model, batches)  # ETD-Impt's importance: the same scores, summed
+    for name, score in expected.items():
+        assert float(score.max()) > 0
+        assert torch.allclose(model.masks.score(name), score, rtol=1e-5, atol=0), name
+        assert torch.allclose(etd[name] / len(batches), score, rtol=1e-5, atol=0), name
+    # a training step's scores then fold into that average (momentum 0.9), as from any earlier state
+    before = {name: model.masks.score(name).clone() for name in expected}
+    model.zero_grad()
+    model(**batches[0]).loss.backward()
+    step = pruner.taylor_step_scores(model)
+    pruner.accumulate_taylor(model)
+    for name in expected:
+        assert torch.allclose(model.masks.score(name), 0.9 * before[name] + 0.1 * step[name], rtol=1e-6), name
+    with pytest.raises(ValueError, match="mask_scoring='taylor'"):
+        WIDConfig(target_ratio=0.5, taylor_init_batches=4)
+
+
+def test_wid_trainer_starts_the_scores_from_the_teacher_without_touching_the_runs_rng(tmp_path):
+    seen = {}
+
+    class AtStart(TrainerCallback):
+        def on_train_begin(self, args, state, control, model=None, **kwargs):
+            seen[key] = (torch.get_rng_state(), model.masks.score("ffn_0").clone())
+
+    # the collator draws its masks from the global RNG: the scoring batches' masks must not shift the run's
+    collator = DataCollatorForLanguageModeling(tiny_tokenizer(tmp_path / "tok"), mlm_probability=0.15)
+    for key, batches in (("scored", 2), ("zero", 0)):
+        trainer = budget_trainer(tmp_path / key, steps=8, taylor_init_batches=batches, collator=collator)
+        trainer.add_callback(AtStart())
+        trainer.train()
+    assert float(seen["scored"][1].min()) > 0 and not seen["zero"][1].any()
+    assert torch.equal(seen["scored"][0], seen["zero"][0])  # data order and dropout draw as without the scoring
+
+
 def test_linear_decay_is_exactly_zero_at_the_hard_mask_step_and_clears_optimizer_state():
     config = WIDConfig(target_ratio=0.5, mask_interval=2, pruning_intervals=2, decay="linear", warmup_l2=0.0)
     model = get_wid_model(tiny_teacher(), config)
@@ -112,19 +167,23 @@ def test_monotone_masks_never_unprune():
     assert not nested(pruned_sets(monotone=False))  # the reference re-selects from scratch: the test can fail
 
 
-def budget_trainer(out, steps=40, head_strategy="dim", **kw):
+def budget_trainer(out, steps=40, head_strategy="dim", taylor_init_batches=None, collator=None, **kw):
     args = WIDTrainingArguments(output_dir=str(out), per_device_train_batch_size=8, max_steps=steps, learning_rate=1e-3,
                                 compactor_learning_rate=1e-3, logging_steps=1, report_to=[], seed=0, data_seed=0,
                                 use_cpu=True, disable_tqdm=True, dataloader_num_workers=0, **kw)
-    config = WIDConfig.for_budget(steps, target_hidden_size=24, target_intermediate_size=40, head_strategy=head_strategy)
-    return WIDTrainer(model=tiny_teacher(), wid_config=config, args=args, train_dataset=mlm_dataset(),
-                      data_collator=default_data_collator)
+    init = {} if taylor_init_batches is None else dict(taylor_init_batches=taylor_init_batches)
+    config = WIDConfig.for_budget(steps, target_hidden_size=24, target_intermediate_size=40, head_strategy=head_strategy,
+                                  **init)
+    return WIDTrainer(model=tiny_teacher(), wid_config=config, args=args,
+                      train_dataset=mlm_dataset(static_labels=collator is None),
+                      data_collator=collator or default_data_collator)
 
 
 @pytest.mark.parametrize("strategy", ["dim", "head"])
 def test_budget_mode_reaches_its_targets_early_and_merges_exactly(tmp_path, strategy):
     config = WIDConfig.for_budget(40, target_ratio=0.5)
-    assert (config.pruning_start, config.mask_interval, config.pruning_intervals) == (4, 2, 8)
+    assert (config.pruning_start, config.mask_interval, config.pruning_intervals) == (0, 2, 8)
+    assert config.taylor_init_batches == 16
     trainer = budget_trainer(tmp_path, head_strategy=strategy)
     model = trainer.wid_model
     assert model.hard_mask_step <= 0.6 * 40  # the student trains at its final shape for the rest
@@ -144,13 +203,14 @@ def test_budget_mode_reaches_its_targets_early_and_merges_exactly(tmp_path, stra
 def test_budget_schedule_places_hard_masks_at_the_fraction_asked():
     for steps in (40, 120, 300, 1500, 40_000):
         default = WIDConfig.for_budget(steps, target_ratio=0.5)
-        assert (default.pruning_start, default.mask_interval) == (steps // 10, max(1, steps // 20))  # 5% intervals
+        # nine equal intervals from step 0 to hard masks at 55%
+        assert (default.pruning_start, default.mask_interval) == (0, max(1, int(steps * 0.55 / 9 + 1e-9)))
         for fraction in (0.28, 0.55, 0.75):
             c = WIDConfig.for_budget(steps, hard_mask_at=fraction, target_ratio=0.5)
             hard = c.pruning_start + (c.pruning_intervals + 1) * c.mask_interval
             assert c.pruning_intervals == 8
             assert abs(hard / steps - fraction) <= 9 / steps + 1e-9, (steps, fraction, hard)  # within one step/interval
-    for bad in (0.1, 0.05, 1.0, 1.5):
+    for bad in (0.0, -0.2, 1.0, 1.5):
         with pytest.raises(ValueError, match="hard_mask_at"):
             WIDConfig.for_budget(300, hard_mask_at=bad, target_ratio=0.5)
 
@@ -159,7 +219,7 @@ def test_resume_mid_pruning_with_taylor_scores_is_exact(tmp_path):
     full = budget_trainer(tmp_path / "a", save_strategy="steps", save_steps=8)
     full.train()
     expected = {k: v.detach().clone() for k, v in full.wid_model.state_dict().items()}
-    checkpoint = tmp_path / "a" / "checkpoint-8"  # mid-pruning: selections at steps 6 and 8 happened, more follow
+    checkpoint = tmp_path / "a" / "checkpoint-8"  # mid-pruning: selections at steps 2 to 8 happened, more follow
     assert os.path.isfile(checkpoint / "wid_model.safetensors")
     resumed = budget_trainer(tmp_path / "a", save_strategy="steps", save_steps=8)
     resumed.train(resume_from_checkpoint=str(checkpoint))

@@ -46,7 +46,8 @@ def test_demo_job_keeps_the_identity_of_earlier_job_directories():
 def test_presets_budget_schedule_and_method_defaults():
     demo = Job.create(output_dir="x")  # budget mode for the preset's 300 steps, with its learning rates
     budget = WIDConfig.for_budget(300, target_ratio=0.5)
-    assert (demo.wid.mask_interval, demo.wid.pruning_start, demo.wid.mask_scoring) == (15, 30, "taylor")
+    assert (demo.wid.mask_interval, demo.wid.pruning_start, demo.wid.mask_scoring) == (18, 0, "taylor")
+    assert demo.wid.taylor_init_batches == 16
     assert demo.wid == budget
     assert (demo.training.learning_rate, demo.training.compactor_learning_rate) == (
         BUDGET_LEARNING_RATE, BUDGET_COMPACTOR_LEARNING_RATE)
@@ -54,7 +55,7 @@ def test_presets_budget_schedule_and_method_defaults():
     assert (reference.wid.mask_interval, reference.wid.mask_scoring) == (budget_schedule(300)["mask_interval"],
                                                                          "reference")
     short = Job.create(output_dir="x", max_steps=300)
-    assert short.wid.mask_interval == budget_schedule(300)["mask_interval"] == 15
+    assert short.wid.mask_interval == 18 and budget_schedule(300)["mask_interval"] == 15
     assert budget_schedule(120) == {"mask_interval": 6, "pruning_intervals": 8}
     assert budget_schedule(4) == {"mask_interval": 1, "pruning_intervals": 3}  # hard masks at step 4: still fits
     given = Job.create(output_dir="x", max_steps=300, mask_interval=4)
@@ -130,11 +131,14 @@ def test_a_demo_job_given_only_its_length_runs_in_budget_mode():
     job = Job.create(output_dir="x", max_steps=300)
     w = job.wid
     assert (w.mask_scoring, w.decay, w.monotone_masks, w.warmup_l2) == ("taylor", "linear", True, 0.0)
-    assert (w.pruning_start, w.mask_interval, w.pruning_intervals, w.target_ratio) == (30, 15, 8, 0.5)
+    assert (w.pruning_start, w.mask_interval, w.pruning_intervals, w.target_ratio) == (0, 18, 8, 0.5)
+    assert w.taylor_init_batches == 16
     assert (job.training.learning_rate, job.training.compactor_learning_rate) == (BUDGET_LEARNING_RATE,
                                                                                   BUDGET_COMPACTOR_LEARNING_RATE)
     # anything given wins; --budget_mode false is the reference method on the same scaled schedule
-    assert Job.create(output_dir="x", max_steps=300, mask_scoring="aggregate").wid.mask_scoring == "aggregate"
+    aggregate = Job.create(output_dir="x", max_steps=300, mask_scoring="aggregate").wid
+    assert (aggregate.mask_scoring, aggregate.taylor_init_batches) == ("aggregate", 0)
+    assert WIDConfig.for_budget(300, target_ratio=0.5, mask_scoring="aggregate").taylor_init_batches == 0
     reference = Job.create(output_dir="x", max_steps=300, budget_mode=False)
     assert (reference.wid.mask_scoring, reference.wid.decay, reference.wid.mask_interval) == ("reference",
                                                                                             "reference", 15)
@@ -143,9 +147,9 @@ def test_a_demo_job_given_only_its_length_runs_in_budget_mode():
     assert Job.create(output_dir="x", max_steps=300, method="etd-impt").training.learning_rate == STUDENT_LEARNING_RATE
     sized = Job.create(output_dir="x", max_steps=300, target_hidden_size=192, target_intermediate_size=768)
     assert (sized.wid.target_hidden_size, sized.wid.target_ratio, sized.wid.decay) == (192, None, "linear")
-    # --hard_mask_at moves budget mode's hard-mask step (75% of 300 steps: intervals of 21 from step 30)
+    # --hard_mask_at moves budget mode's hard-mask step (75% of 300 steps: nine intervals of 25 from step 0)
     later = Job.create(output_dir="x", max_steps=300, hard_mask_at=0.75).wid
-    assert (later.pruning_start, later.mask_interval, later.pruning_intervals, later.decay) == (30, 21, 8, "linear")
+    assert (later.pruning_start, later.mask_interval, later.pruning_intervals, later.decay) == (0, 25, 8, "linear")
     for elsewhere in (dict(budget_mode=False), dict(mask_interval=10), dict(preset="wid55")):
         with pytest.raises(ValueError, match="hard_mask_at"):
             Job.create(output_dir="x", max_steps=300, hard_mask_at=0.75, **elsewhere)

@@ -233,15 +233,15 @@ def _assert_identical_ranks(out):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("accumulation", [1, 2])
-def test_torchrun_two_processes_agree(tmp_path, accumulation):
+@pytest.mark.parametrize("accumulation, mode", [(1, "reference"), (2, "reference"), (1, "budget")])
+def test_torchrun_two_processes_agree(tmp_path, accumulation, mode):
     env = {**os.environ, "PYTHONPATH": ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""), "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
            "--master_port", str(_free_port()), os.path.join(ROOT, "tests", "ddp_worker.py"), str(tmp_path),
-           str(accumulation)]
+           str(accumulation), mode]
     out = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
-    _assert_identical_ranks(tmp_path)
+    _assert_identical_ranks(tmp_path)  # masks and, in budget mode, Taylor scores (started from the teacher's)
     assert os.path.isfile(tmp_path / "student" / "config.json")
 
 

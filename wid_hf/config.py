@@ -25,6 +25,8 @@ MASK_SCORINGS = ("reference", "aggregate", "taylor")
 DECAYS = ("reference", "linear")
 # Budget mode: masks become hard at this fraction of the run (WIDConfig.for_budget; docs/method.md, "Budget mode")
 BUDGET_HARD_MASK_AT = 0.55
+# ... and the Taylor scores start from the teacher's on this many training batches (ETD-Impt scores on as many)
+BUDGET_TAYLOR_INIT_BATCHES = 16
 
 
 @dataclass(frozen=True)
@@ -159,6 +161,13 @@ class WIDConfig:
         metadata={"help": "Optimizer steps before the schedule's clock starts (the first selection comes one "
                           "mask_interval later). Reference: 0."},
     )
+    taylor_init_batches: int = field(
+        default=0,
+        metadata={"help": "Under mask_scoring='taylor': before the first step, start the moving average of the scores "
+                          "from the teacher's own first-order scores on this many training batches (WIDTrainer does "
+                          "it), so the first selection need not wait for the average to build up. 0: start from "
+                          "zero."},
+    )
 
     def __post_init__(self):
         if self.head_strategy not in HEAD_STRATEGIES:
@@ -171,6 +180,11 @@ class WIDConfig:
             raise ValueError("decay='linear' reaches zero at the hard-mask step: it needs hard_masks=True.")
         if not isinstance(self.pruning_start, int) or self.pruning_start < 0:
             raise ValueError(f"pruning_start must be an integer >= 0, got {self.pruning_start!r}.")
+        if not isinstance(self.taylor_init_batches, int) or self.taylor_init_batches < 0:
+            raise ValueError(f"taylor_init_batches must be an integer >= 0, got {self.taylor_init_batches!r}.")
+        if self.taylor_init_batches and self.mask_scoring != "taylor":
+            raise ValueError("taylor_init_batches starts the Taylor scores' moving average: it needs "
+                             f"mask_scoring='taylor' (got {self.mask_scoring!r}).")
         for name in ("target_hidden_size", "target_intermediate_size"):
             value = getattr(self, name)
             if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value <= 0):
@@ -202,30 +216,31 @@ class WIDConfig:
     @classmethod
     def for_budget(cls, max_steps: int, hard_mask_at: float = BUDGET_HARD_MASK_AT, **overrides) -> "WIDConfig":
         """Budget mode: WID for a run of `max_steps` optimizer steps (hundreds to tens of thousands), not the paper's
-        400k. The schedule scales with the run: its clock starts at 10% of the steps, the first selection comes one
-        interval later, the targets are reached after 8 intervals and hard masks one interval later, at
-        `hard_mask_at` of the run (default 55%: intervals of 5%, first selection at 15%, targets at 50%), so the
-        student trains at its final shape for the rest. Indices are scored by first-order (Taylor) importance,
-        pruned entries decay linearly to exactly zero, pruned stays pruned, and no warm-up L2 shrinks the teacher.
-        `overrides` are any WIDConfig fields (targets are required, as for WIDConfig). docs/method.md, "Budget mode",
-        says why each differs from the reference.
+        400k. Indices are scored by first-order (Taylor) importance, starting from the teacher's own scores on
+        `BUDGET_TAYLOR_INIT_BATCHES` training batches, so pruning can begin at once: the schedule runs nine equal
+        intervals from step 0 to hard masks at `hard_mask_at` of the run (default 55%: the first selection at about
+        6%, the targets at about 49%), and the student trains at its final shape for the rest. Pruned entries decay
+        linearly to exactly zero, pruned stays pruned, and no warm-up L2 shrinks the teacher. `overrides` are any
+        WIDConfig fields (targets are required, as for WIDConfig). docs/method.md, "Budget mode", says why each
+        differs from the reference.
 
             >>> c = WIDConfig.for_budget(1500, target_ratio=0.5)
-            >>> c.pruning_start, c.mask_interval, c.pruning_intervals, c.mask_scoring, c.decay
-            (150, 75, 8, 'taylor', 'linear')
+            >>> c.pruning_start, c.mask_interval, c.pruning_intervals, c.mask_scoring, c.decay, c.taylor_init_batches
+            (0, 91, 8, 'taylor', 'linear', 16)
         """
         if max_steps < 4:
             raise ValueError(f"budget mode needs at least 4 steps, got {max_steps}.")
-        if not 0.1 < hard_mask_at < 1.0:
-            raise ValueError(f"hard_mask_at is a fraction of the run after the schedule's clock starts at 10%, "
-                             f"so it must lie in (0.1, 1); got {hard_mask_at}.")
-        start = max_steps // 10
-        # 9 equal intervals from 10% of the run to hard_mask_at: the first selection, 7 more, then hard masks
-        interval = max(1, math.floor(max_steps * (hard_mask_at - 0.1) / 9 + 1e-9))
-        room = (max_steps - start) // interval - 1  # intervals that fit before the hard-mask interval
-        settings = dict(pruning_start=start, mask_interval=interval, pruning_intervals=max(1, min(8, room)),
-                        head_prune_every=1, mask_scoring="taylor", decay="linear", monotone_masks=True,
-                        warmup_l2=0.0)
+        if not 0.0 < hard_mask_at < 1.0:
+            raise ValueError(f"hard_mask_at is the fraction of the run at which masks become hard, so it must lie in "
+                             f"(0, 1); got {hard_mask_at}.")
+        # 9 equal intervals from step 0 to hard_mask_at: the first selection, 7 more, then hard masks
+        interval = max(1, math.floor(max_steps * hard_mask_at / 9 + 1e-9))
+        room = max_steps // interval - 1  # intervals that fit before the hard-mask interval
+        settings = dict(pruning_start=0, mask_interval=interval, pruning_intervals=max(1, min(8, room)),
+                        head_prune_every=1, mask_scoring="taylor", taylor_init_batches=BUDGET_TAYLOR_INIT_BATCHES,
+                        decay="linear", monotone_masks=True, warmup_l2=0.0)
+        if overrides.get("mask_scoring", "taylor") != "taylor":
+            settings["taylor_init_batches"] = 0  # it starts the Taylor scores: nothing to start under other scoring
         return cls(**{**settings, **overrides})
 
     def resolve(self, model_config) -> "WIDConfig":

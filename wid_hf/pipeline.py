@@ -114,11 +114,12 @@ class JobArguments:
                 "(default: from --preset). The head's is 2e-3."})
     budget_mode: bool = field(default=True, metadata={
         "help": "Under --preset demo, WID runs in budget mode unless a schedule is given (WIDConfig.for_budget: "
-                "Taylor scores, linear decay to zero, monotone masks, schedule scaled to the run, budget learning "
-                "rates); --budget_mode false gives the reference method on the same scaled schedule instead."})
+                "Taylor scores started from the teacher's, linear decay to zero, monotone masks, schedule scaled to "
+                "the run, budget learning rates); --budget_mode false gives the reference method on the same "
+                "scaled schedule instead."})
     hard_mask_at: Optional[float] = field(default=None, metadata={
         "help": f"Budget mode: the fraction of the run at which masks become hard (default {BUDGET_HARD_MASK_AT}; "
-                "pruning runs from 10%% of the run to here, then the student trains at its final shape). Later "
+                "pruning runs from the start of the run to here, then the student trains at its final shape). Later "
                 "costs more time (pruning steps are the expensive ones); docs/method.md, 'Budget mode', has what "
                 "earlier and later measured."})
     overwrite_output_dir: bool = field(default=False, metadata={
@@ -237,7 +238,10 @@ class Job:
                             **{k: v for k, v in settings.items() if v is not None}}
         elif budget:
             wid.update(budget_schedule(steps))
-        wid.update({k: v for k, v in settings.items() if known[k] is WIDConfig and v is not None})
+        given = {k: v for k, v in settings.items() if known[k] is WIDConfig and v is not None}
+        if given.get("mask_scoring", "taylor") != "taylor" and "taylor_init_batches" not in given:
+            wid.pop("taylor_init_batches", None)  # budget mode's start for Taylor scores; other scorings have none
+        wid.update(given)
 
         filled = {k: v for k, v in settings.items() if v is not None}
         for key, value in preset.items():

@@ -45,11 +45,11 @@ def importance(model, group: MaskGroup) -> torch.Tensor:
 
 
 @torch.no_grad()
-def accumulate_taylor(model) -> None:
-    """Fold this step's first-order scores into the moving average: for index j of a group, ``|sum of G * W|`` over
-    every compactor entry of j (row j of output compactors, column j of input compactors), which is the first-order
-    change of the loss if those entries were zeroed. Call it with the step's complete gradients, before any
-    penalty touches them (under DDP they are all-reduced, so every rank gets the same scores)."""
+def taylor_step_scores(model) -> dict[str, torch.Tensor]:
+    """This step's first-order score of every index of every group, from the gradients in ``.grad``: for index j,
+    ``|sum of G * W|`` over every compactor entry of j (row j of output compactors, column j of input compactors),
+    which is the first-order change of the loss if those entries were zeroed."""
+    scores = {}
     for group in model.groups.values():
         step_score = None
         for param, how in group.compactor_entries():
@@ -58,7 +58,58 @@ def accumulate_taylor(model) -> None:
             gw = (param.grad.float() * param.float()).sum(dim=1 if how == "rows" else 0)
             step_score = gw if step_score is None else step_score + gw
         if step_score is not None:
-            model.masks.score(group.name).mul_(TAYLOR_MOMENTUM).add_(step_score.abs(), alpha=1 - TAYLOR_MOMENTUM)
+            scores[group.name] = step_score.abs()
+    return scores
+
+
+@torch.no_grad()
+def accumulate_taylor(model) -> None:
+    """Fold this step's first-order scores (`taylor_step_scores`) into the moving average. Call it with the step's
+    complete gradients, before any penalty touches them (under DDP they are all-reduced, so every rank gets the
+    same scores)."""
+    for name, step_score in taylor_step_scores(model).items():
+        model.masks.score(name).mul_(TAYLOR_MOMENTUM).add_(step_score, alpha=1 - TAYLOR_MOMENTUM)
+
+
+def first_order_importance(model, batches, loss_fn) -> dict[str, torch.Tensor]:
+    """Per group and index, summed over `batches` (``loss_fn(model, batch)`` gives each batch's loss): the
+    first-order score ``|sum of G * W|`` of each compactor separately, summed over the group's compactors. At identity
+    compactors that is ``|diagonal of each compactor's gradient|``, the first-order mask-gradient importance that
+    ETD-Impt extracts by. Unlike a training step's Taylor score (one sum over every compactor of the group, then
+    ``|.|``), the per-compactor values cannot cancel. Eval mode (no dropout); leaves no gradients behind and draws
+    nothing from the RNG."""
+    totals: dict[str, torch.Tensor] = {}
+    was_training = model.training
+    model.eval()
+    try:
+        for batch in batches:
+            model.zero_grad(set_to_none=True)
+            loss_fn(model, batch).backward()
+            with torch.no_grad():
+                for group in model.groups.values():
+                    for param, how in group.compactor_entries():
+                        if param.grad is None:
+                            continue
+                        score = (param.grad.float() * param.float()).sum(dim=1 if how == "rows" else 0).abs()
+                        totals[group.name] = totals[group.name] + score if group.name in totals else score
+    finally:
+        model.zero_grad(set_to_none=True)
+        model.train(was_training)
+    return totals
+
+
+@torch.no_grad()
+def initial_taylor_scores(model, batches, loss_fn) -> None:
+    """Start the moving average of Taylor scores from the teacher's importance: `first_order_importance` over
+    `batches`, averaged, before any training step (``WIDConfig.taylor_init_batches``), so the first selection can
+    come early in a run instead of waiting for the average to build up."""
+    batches = list(batches)
+    if not batches:
+        raise ValueError("initial_taylor_scores got no batches.")
+    with torch.enable_grad():
+        totals = first_order_importance(model, batches, loss_fn)
+    for name, total in totals.items():
+        model.masks.score(name).copy_(total / len(batches))
 
 
 def target_pruned(model, group: MaskGroup) -> int:

@@ -15,6 +15,7 @@ optimisation knobs a Trainer needs (the compactor learning rate and weight decay
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 import warnings
@@ -29,6 +30,7 @@ from . import checkpoint
 from .config import WIDConfig
 from .mlm import masked_lm_loss
 from .model import WIDModel, get_wid_model
+from .pruner import initial_taylor_scores
 from .resume import ExactResumeMixin
 from .schedule import GROUP_KINDS
 from .utils import unwrap_model
@@ -243,11 +245,51 @@ class WIDTrainer(ExactResumeMixin, Trainer):
         self.wid_model.load_wid_state_dict(tensors, source=os.path.join(directory, checkpoint.WEIGHTS_NAME))
 
     # ------------------------------------------------------------------ the student
-    def train(self, *args, **kwargs):
-        output = super().train(*args, **kwargs)
+    def train(self, resume_from_checkpoint=None, *args, **kwargs):
+        if not resume_from_checkpoint:  # a resumed run reads its scores from the checkpoint
+            self._initial_taylor_scores()
+        output = super().train(resume_from_checkpoint, *args, **kwargs)
         if getattr(self.args, "save_student_to", None):
             self.save_student(self.args.save_student_to)
         return output
+
+    def _initial_taylor_scores(self) -> None:
+        """``WIDConfig.taylor_init_batches``: the Taylor scores start from the teacher's first-order scores on that
+        many training batches (a seeded sample, the same on every rank; averaged over ranks under DDP). Skipped when
+        the scores already hold something (a model trained before)."""
+        wid = self.wid_model
+        n = wid.wid_config.taylor_init_batches
+        if not n or any(wid.masks.score(name).any() for name in wid.masks.group_names):
+            return
+        dataset = self.train_dataset
+        if dataset is None:
+            raise ValueError("taylor_init_batches needs a train_dataset to score the teacher on.")
+        try:
+            import datasets
+
+            if isinstance(dataset, datasets.Dataset):
+                dataset = self._remove_unused_columns(dataset, description="training")
+        except ImportError:
+            pass
+        loader = torch.utils.data.DataLoader(
+            dataset, batch_size=self._train_batch_size, collate_fn=self.data_collator,
+            shuffle=not isinstance(dataset, torch.utils.data.IterableDataset),
+            generator=torch.Generator().manual_seed(self.args.seed))
+        with torch.random.fork_rng(devices=[]):  # the collator's masks must not move the run's own RNG stream
+            torch.manual_seed(self.args.seed)
+            batches = [self._prepare_inputs(b) for b in itertools.islice(loader, n)]
+        if any("labels" not in b for b in batches):
+            raise ValueError("taylor_init_batches needs labelled batches (e.g. DataCollatorForLanguageModeling).")
+
+        def loss_fn(model, batch):
+            return masked_lm_loss(model, batch)[0] if self._is_mlm else model(**batch).loss
+
+        initial_taylor_scores(wid, batches, loss_fn)
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            for name in wid.masks.group_names:
+                score = wid.masks.score(name)
+                torch.distributed.all_reduce(score)
+                score.div_(torch.distributed.get_world_size())
 
     def save_student(self, path: str, **merge_kwargs):
         """Merge the compactors and save the student (plus the tokenizer, if the trainer has one) to `path`.

@@ -14,6 +14,7 @@ the j-th diagonal entry of its gradient, accumulated as |g_jj| over batches.
 from __future__ import annotations
 
 import copy
+import itertools
 from typing import Iterable, Optional, Sequence
 
 import torch
@@ -21,7 +22,7 @@ from torch import nn
 
 from ..config import WIDConfig
 from ..model import WIDModel
-from ..pruner import prune_to_targets
+from ..pruner import first_order_importance, prune_to_targets
 from ..utils import layer_parameter_count
 
 IMPORTANCES = ("random", "gradient")
@@ -99,24 +100,12 @@ def truncation_layers(teacher_config, hidden: int, ffn: int) -> int:
 
 def gradient_importance(wid: WIDModel, batches: Iterable[dict], max_batches: Optional[int] = None) -> dict[str, torch.Tensor]:
     """Per-group importance: sum over batches of |diagonal of the compactor gradients| over every compactor in the
-    group (identity compactors, so this is the first-order effect of removing each index)."""
-    scores = {name: torch.zeros(group.size) for name, group in wid.groups.items()}
-    was_training = wid.training
-    wid.eval()  # no dropout: importances of the function itself
-    try:
-        for i, batch in enumerate(batches):
-            if max_batches is not None and i >= max_batches:
-                break
-            wid.zero_grad(set_to_none=True)
-            wid(**batch).loss.backward()
-            for name, group in wid.groups.items():
-                for param, _ in group.compactor_entries():
-                    if param.grad is not None:
-                        scores[name] += param.grad.detach().diagonal().abs().float().cpu()
-    finally:
-        wid.zero_grad(set_to_none=True)
-        wid.train(was_training)
-    return scores
+    group (identity compactors, so this is the first-order effect of removing each index;
+    `wid_hf.pruner.first_order_importance`, which budget-mode WID starts its Taylor scores from)."""
+    batches = batches if max_batches is None else itertools.islice(batches, max_batches)
+    scores = first_order_importance(wid, batches, lambda model, batch: model(**batch).loss)
+    return {name: scores[name].cpu() if name in scores else torch.zeros(group.size)
+            for name, group in wid.groups.items()}
 
 
 def extract_student(
