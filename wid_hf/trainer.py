@@ -94,7 +94,8 @@ class WIDTrainer(ExactResumeMixin, Trainer):
     """A `transformers.Trainer` for WID. Same constructor, plus `wid_config`.
 
     Accepts a `WIDModel`, or a plain BERT model together with a `WIDConfig` (compactors are then injected). Builds
-    the two optimizer groups of docs/method.md ("Optimisation"), drives the mask schedule and penalty through `WIDCallback`,
+    the two optimizer groups of docs/method.md ("Optimisation"), starts Taylor scores from the teacher's when the
+    config asks (``taylor_init_batches``: budget mode), drives the mask schedule and penalty through `WIDCallback`,
     computes the masked-LM loss normalised over the whole accumulated batch, saves and resumes the WID state in
     every checkpoint, and logs the kept widths (``wid/kept_*``), pruned fraction, pruned-entry norm and student
     size through ``report_to``.
