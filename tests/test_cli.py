@@ -10,7 +10,7 @@ import textwrap
 import pytest
 import torch
 from conftest import ROOT, tiny_config, tiny_tokenizer
-from transformers import BertForMaskedLM, BertModel, GPT2Config, GPT2LMHeadModel
+from transformers import AutoTokenizer, BertForMaskedLM, BertModel, GPT2Config, GPT2LMHeadModel
 
 from wid_hf import cli
 from wid_hf.pipeline import render_report
@@ -114,7 +114,10 @@ def test_compress_merge_evaluate(workspace, capsys):
     assert code == 0, err
     data = json.loads(results.read_text())
     assert set(data) == {workspace["teacher"], str(job / "student")}
-    assert out.count("held-out MLM loss") == 2
+    assert out.count("held-out MLM loss") == 2 and out.count("different tokens") == 2
+    student = data[str(job / "student")]["heldout"]
+    tokenizer = AutoTokenizer.from_pretrained(job / "student")
+    assert student["top1_most_common_token"] == tokenizer.convert_ids_to_tokens(student["top1_most_common"])
 
 
 def test_interrupted_job_resumes_where_it_stopped(workspace, capsys, monkeypatch):

@@ -286,6 +286,8 @@ def cmd_evaluate(args) -> int:
         cache = os.path.join(os.path.expanduser("~"), ".cache", "wid_hf")
         heldout = heldout_sequences(args.eval_corpus, loaded.tokenizer, args.seq_len, args.sequences, cache)
         entry = {"heldout": evaluate_mlm(loaded.model, heldout, desc=f"MLM eval {spec}")}
+        h = entry["heldout"]
+        h["top1_most_common_token"] = loaded.tokenizer.convert_ids_to_tokens(h["top1_most_common"])
         if args.task != "none":
             from .finetune import finetune_eval
 
@@ -293,7 +295,9 @@ def cmd_evaluate(args) -> int:
                                               seeds=args.seeds, epochs=args.epochs, learning_rate=args.finetune_lr,
                                               max_train=args.max_train, lora=args.lora)
         results[spec] = entry
-        line = f"{spec}: held-out MLM loss {entry['heldout']['mlm_loss']:.3f}, accuracy {entry['heldout']['mlm_accuracy']:.3f}"
+        line = (f"{spec}: held-out MLM loss {h['mlm_loss']:.3f}, accuracy {h['mlm_accuracy']:.3f}, top-1 "
+                f"{h['top1_distinct']:,} different tokens ({h['top1_most_common_token']!r} at "
+                f"{100 * h['top1_share']:.0f}% of {h['masked_tokens']:,} positions)")
         if "finetune" in entry:
             f = entry["finetune"]
             line += f"; {f['task']} {f['metric']} {f['mean']:.3f} ± {f['std']:.3f} over {len(f['scores'])} seed(s)"
