@@ -285,9 +285,8 @@ def cmd_evaluate(args) -> int:
 
         cache = os.path.join(os.path.expanduser("~"), ".cache", "wid_hf")
         heldout = heldout_sequences(args.eval_corpus, loaded.tokenizer, args.seq_len, args.sequences, cache)
-        entry = {"heldout": evaluate_mlm(loaded.model, heldout, desc=f"MLM eval {spec}")}
+        entry = {"heldout": evaluate_mlm(loaded.model, heldout, desc=f"MLM eval {spec}", tokenizer=loaded.tokenizer)}
         h = entry["heldout"]
-        h["top1_most_common_token"] = loaded.tokenizer.convert_ids_to_tokens(h["top1_most_common"])
         if args.task != "none":
             from .finetune import finetune_eval
 

@@ -15,12 +15,14 @@ from .mlm import mlm_head_at
 
 
 @torch.no_grad()
-def evaluate_mlm(model, dataset, batch_size: int = 32, progressbar: bool = True, desc: str = "Masked-LM eval") -> dict:
+def evaluate_mlm(model, dataset, batch_size: int = 32, progressbar: bool = True, desc: str = "Masked-LM eval",
+                 tokenizer=None) -> dict:
     """Mean masked-token cross-entropy and accuracy over a dataset with fixed ``labels`` (see `data.fixed_masks`),
     and how much the top-1 prediction depends on its context: ``top1_distinct`` (different top-1 tokens over all
     masked positions) and ``top1_share`` (the share of positions given the most common one, with its id
-    ``top1_most_common``). A model that ignores its input predicts one token everywhere (1 and 1.0); over hundreds
-    of positions that is far better evidence than a handful of fill-mask sentences."""
+    ``top1_most_common``, and its text ``top1_most_common_token`` given a `tokenizer`). A model that ignores its input
+    predicts one token everywhere (1 and 1.0); over hundreds of positions that is far better evidence than a handful
+    of fill-mask sentences."""
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
@@ -45,8 +47,11 @@ def evaluate_mlm(model, dataset, batch_size: int = 32, progressbar: bool = True,
     if count == 0:
         raise ValueError("The evaluation set has no masked positions.")
     most_common, times = predicted.most_common(1)[0]
-    return {"mlm_loss": total_loss / count, "mlm_accuracy": correct / count, "masked_tokens": count,
-            "top1_distinct": len(predicted), "top1_share": times / count, "top1_most_common": most_common}
+    result = {"mlm_loss": total_loss / count, "mlm_accuracy": correct / count, "masked_tokens": count,
+              "top1_distinct": len(predicted), "top1_share": times / count, "top1_most_common": most_common}
+    if tokenizer is not None:
+        result["top1_most_common_token"] = tokenizer.convert_ids_to_tokens(most_common)
+    return result
 
 
 @torch.no_grad()

@@ -585,7 +585,7 @@ def run(job: Job) -> dict:
     _say(f"corpus: {len(train):,} sequences of {d.max_seq_length} tokens; held-out: {len(heldout)} sequences")
     teacher, head_note = _mlm_teacher(job, loaded, train)
     tokenizer = loaded.tokenizer
-    teacher_eval = evaluate_mlm(teacher, heldout, progressbar=job.progressbar, desc="Teacher eval")
+    teacher_eval = evaluate_mlm(teacher, heldout, progressbar=job.progressbar, desc="Teacher eval", tokenizer=tokenizer)
 
     layers = resolve_layers(job.job.keep_layers, teacher.config.num_hidden_layers)
     teacher_validation = evaluate_mlm(teacher, validation, progressbar=False) if validation is not None else None
@@ -602,9 +602,7 @@ def run(job: Job) -> dict:
     else:
         student = trainer.model
     save_pretrained_atomically(student_dir, student, tokenizer)
-    student_eval = evaluate_mlm(student, heldout, progressbar=job.progressbar, desc="Student eval")
-    for measured in (teacher_eval, student_eval):
-        measured["top1_most_common_token"] = tokenizer.convert_ids_to_tokens(measured["top1_most_common"])
+    student_eval = evaluate_mlm(student, heldout, progressbar=job.progressbar, desc="Student eval", tokenizer=tokenizer)
     speed = compare_throughput(teacher, student, batch_size=min(32, t.per_device_train_batch_size * 4),
                                seq_len=d.max_seq_length)
     fill_mask = fill_mask_examples({"teacher": teacher, "student": student}, tokenizer)

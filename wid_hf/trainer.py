@@ -22,6 +22,7 @@ import warnings
 from dataclasses import dataclass, field
 from typing import Optional
 
+import datasets
 import torch
 from transformers import Trainer, TrainerCallback, TrainingArguments
 from transformers.utils import can_return_loss, find_labels
@@ -265,13 +266,8 @@ class WIDTrainer(ExactResumeMixin, Trainer):
         dataset = self.train_dataset
         if dataset is None:
             raise ValueError("taylor_init_batches needs a train_dataset to score the teacher on.")
-        try:
-            import datasets
-
-            if isinstance(dataset, datasets.Dataset):
-                dataset = self._remove_unused_columns(dataset, description="training")
-        except ImportError:
-            pass
+        if isinstance(dataset, datasets.Dataset):  # as Trainer's own loader does
+            dataset = self._remove_unused_columns(dataset, description="training")
         loader = torch.utils.data.DataLoader(
             dataset, batch_size=self._train_batch_size, collate_fn=self.data_collator,
             shuffle=not isinstance(dataset, torch.utils.data.IterableDataset),
