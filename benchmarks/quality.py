@@ -88,7 +88,16 @@ ABLATIONS = {
     "compactor-ratio-0": ("wid-budget", dict(compactor_ratio=0.0)),
     "compactor-ratio-0.03": ("wid-budget", dict(compactor_ratio=0.03)),
     "compactor-ratio-0.3": ("wid-budget", dict(compactor_ratio=0.3)),
+    # the Taylor scores' moving average over one mask interval (at least 10 steps; 36 at 600, 91 at 1,500) instead of
+    # ~10 steps, so the teacher's scores and more batches reach the selections of long runs
+    "taylor-window-interval": ("wid-budget", dict(taylor_window=lambda steps: max(10, _budget_interval(steps)))),
 }
+
+
+def _budget_interval(steps):
+    from wid_hf import WIDConfig
+
+    return WIDConfig.for_budget(steps, target_ratio=0.5).mask_interval
 
 
 TASK_TITLES = {"bbc-topics": "BBC topics", "polarity": "polarity"}
@@ -103,6 +112,7 @@ def run_method(name, a, steps, lr, workdir, ablation=None):
     settings = dict(RUNS[name])
     if ablation is not None:
         settings.update(ABLATIONS[ablation][1])
+        settings = {k: v(steps) if callable(v) else v for k, v in settings.items()}  # settings that scale with steps
     ratio = settings.pop("compactor_ratio", WID_COMPACTOR_RATIO)
     if settings["method"] == "wid":
         settings["compactor_learning_rate"] = lr * ratio
@@ -206,6 +216,7 @@ def ablations(a, chosen):
         for name in a.ablation:
             key = f"{name}@{steps}"
             base, settings = ABLATIONS[name]
+            settings = {k: v(steps) if callable(v) else v for k, v in settings.items()}  # as run at these steps
             if key not in found["runs"]:
                 lr = chosen.get(base, a.lr)
                 report = run_method(base, a, steps, lr, a.workdir, ablation=name)

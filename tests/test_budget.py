@@ -37,7 +37,7 @@ def test_taylor_score_is_the_first_order_change_of_the_loss_when_an_index_goes()
     base = loss_of(model, batch)
     for name in ("hidden", "ffn_0", "attention_1"):
         group = model.groups[name]
-        scores = model.masks.score(name) / (1 - pruner.TAYLOR_MOMENTUM)  # one step of the moving average
+        scores = model.masks.score(name) * model.wid_config.taylor_window  # one step of the moving average
         exact, full, predicted = [], [], []
         for j in range(0, group.size, max(1, group.size // 8)):
             saved = [(p, p.detach().clone()) for p, _ in group.compactor_entries()]
@@ -100,6 +100,24 @@ def test_initial_taylor_scores_are_the_teachers_importance_averaged_over_batches
         assert torch.allclose(model.masks.score(name), 0.9 * before[name] + 0.1 * step[name], rtol=1e-6), name
     with pytest.raises(ValueError, match="mask_scoring='taylor'"):
         WIDConfig(target_ratio=0.5, taylor_init_batches=4)
+
+
+def test_taylor_window_sets_each_steps_weight_in_the_moving_average():
+    batch = batch_with_labels()
+    for window in (1, 4):
+        model = get_wid_model(tiny_teacher(), WIDConfig(target_ratio=0.5, mask_scoring="taylor", taylor_window=window))
+        for name in model.masks.group_names:
+            model.masks.score(name).fill_(1.0)
+        model.zero_grad()
+        model(**batch).loss.backward()
+        step = pruner.taylor_step_scores(model)
+        pruner.accumulate_taylor(model)
+        for name, score in step.items():
+            expected = (1 - 1 / window) + score / window  # window 1: this step's scores only
+            assert torch.allclose(model.masks.score(name), expected, rtol=1e-6), (window, name)
+    for bad in (0, 2.5, True):
+        with pytest.raises(ValueError, match="taylor_window"):
+            WIDConfig(target_ratio=0.5, mask_scoring="taylor", taylor_window=bad)
 
 
 def test_wid_trainer_starts_the_scores_from_the_teacher_without_touching_the_runs_rng(tmp_path):

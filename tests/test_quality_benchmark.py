@@ -54,8 +54,8 @@ def test_quality_benchmark_smoke(tmp_path):
     for name in ("wid-budget", "wid-reference", "wid+attention"):
         assert f"| {name} | {results['methods'][name]['hard_masks']['step']} |" in hard_rows, name
     # an ablation: one option of a method against the method's row above, decided on the validation split
-    ablation = subprocess.run(common + ["--ablation", "non-monotone", "hard-at-0.75", "--lr-from",
-                                        str(tmp_path / "results" / "lr_search-4.json")],
+    ablation = subprocess.run(common + ["--ablation", "non-monotone", "hard-at-0.75", "taylor-window-interval",
+                                        "--lr-from", str(tmp_path / "results" / "lr_search-4.json")],
                               capture_output=True, text=True, timeout=900, env=env)
     assert ablation.returncode == 0, ablation.stderr[-4000:]
     run = json.loads((tmp_path / "results" / "ablations.json").read_text())["runs"]["non-monotone@4"]
@@ -65,6 +65,9 @@ def test_quality_benchmark_smoke(tmp_path):
     assert "| wid-budget + non-monotone | 4 |" in (tmp_path / "results" / "ablations.md").read_text()
     later = json.loads((tmp_path / "results" / "ablations.json").read_text())["runs"]["hard-at-0.75@4"]
     assert later["settings"] == {"hard_mask_at": 0.75} and later["hard_masks"]["step"] is not None
+    # a setting that scales with the run is recorded as run (at 4 steps: one-step intervals, so the 10-step floor)
+    scaled = json.loads((tmp_path / "results" / "ablations.json").read_text())["runs"]["taylor-window-interval@4"]
+    assert scaled["settings"] == {"taylor_window": 10}
     sweep = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "quality.py"), "--sweep-chart",
                             str(tmp_path / "results")], capture_output=True, text=True, timeout=300, env=env)
     assert sweep.returncode == 0, sweep.stderr[-4000:]

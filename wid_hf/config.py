@@ -27,6 +27,8 @@ DECAYS = ("reference", "linear")
 BUDGET_HARD_MASK_AT = 0.55
 # ... and the Taylor scores start from the teacher's on this many training batches (ETD-Impt scores on as many)
 BUDGET_TAYLOR_INIT_BATCHES = 16
+# The Taylor scores' moving average spans this many optimizer steps by default (WIDConfig.taylor_window)
+TAYLOR_WINDOW = 10
 
 
 @dataclass(frozen=True)
@@ -168,6 +170,13 @@ class WIDConfig:
                           "it), so the first selection need not wait for the average to build up. 0: start from "
                           "zero."},
     )
+    taylor_window: int = field(
+        default=TAYLOR_WINDOW,
+        metadata={"help": "Under mask_scoring='taylor': the time constant, in optimizer steps, of the moving average "
+                          "of the scores (each step folds in with weight 1/taylor_window): 10 averages over about "
+                          "the last ten batches, as budget mode does (one mask interval was measured and not adopted: "
+                          "docs/method.md, 'Budget mode')."},
+    )
 
     def __post_init__(self):
         if self.head_strategy not in HEAD_STRATEGIES:
@@ -182,6 +191,8 @@ class WIDConfig:
             raise ValueError(f"pruning_start must be an integer >= 0, got {self.pruning_start!r}.")
         if not isinstance(self.taylor_init_batches, int) or self.taylor_init_batches < 0:
             raise ValueError(f"taylor_init_batches must be an integer >= 0, got {self.taylor_init_batches!r}.")
+        if not isinstance(self.taylor_window, int) or isinstance(self.taylor_window, bool) or self.taylor_window < 1:
+            raise ValueError(f"taylor_window must be an integer >= 1 (optimizer steps), got {self.taylor_window!r}.")
         if self.taylor_init_batches and self.mask_scoring != "taylor":
             raise ValueError("taylor_init_batches starts the Taylor scores' moving average: it needs "
                              f"mask_scoring='taylor' (got {self.mask_scoring!r}).")

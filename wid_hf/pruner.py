@@ -20,8 +20,6 @@ import torch
 from .mask_groups import MaskGroup, broadcast_mask, select_kept
 from .schedule import is_update_step, pruned_count
 
-TAYLOR_MOMENTUM = 0.9  # moving average of the per-step first-order scores
-
 
 def select(model, group: MaskGroup, n_pruned: int, scores: Optional[torch.Tensor] = None) -> torch.Tensor:
     """Kept mask of `group` with its `n_pruned` lowest-scoring indices pruned. `scores` default to the group's own
@@ -67,8 +65,9 @@ def accumulate_taylor(model) -> None:
     """Fold this step's first-order scores (`taylor_step_scores`) into the moving average. Call it with the step's
     complete gradients, before any penalty touches them (under DDP they are all-reduced, so every rank gets the
     same scores)."""
+    weight = 1.0 / model.wid_config.taylor_window
     for name, step_score in taylor_step_scores(model).items():
-        model.masks.score(name).mul_(TAYLOR_MOMENTUM).add_(step_score, alpha=1 - TAYLOR_MOMENTUM)
+        model.masks.score(name).mul_(1.0 - weight).add_(step_score, alpha=weight)
 
 
 def first_order_importance(model, batches, loss_fn) -> dict[str, torch.Tensor]:
