@@ -86,6 +86,9 @@ def test_compress_merge_evaluate(workspace, capsys):
     assert report["heldout"]["student"]["top1_distinct"] >= 1 and 0 < report["heldout"]["student"]["top1_share"] <= 1
     report["heldout"]["student"].update(top1_distinct=1, top1_share=1.0, top1_most_common_token="the")
     assert "predicts `the` at every held-out masked position" in render_report(report)
+    report["heldout"]["student"].update(top1_distinct=3, top1_share=0.6)
+    assert "predicts `the` at 60% of the held-out masked positions" in render_report(report)
+    assert "Train longer (--max_steps)" in render_report(report)
     # fill-mask examples, teacher beside student, and timings taken in alternation
     assert len(report["fill_mask"]["examples"]) == 5 and set(report["fill_mask"]["uses_context"]) == {"teacher",
                                                                                                      "student"}

@@ -160,7 +160,7 @@ def test_heldout_top1_statistics_catch_a_model_that_ignores_its_input():
     from conftest import tiny_teacher
     from datasets import Dataset
 
-    from wid_hf.evaluation import evaluate_mlm
+    from wid_hf.evaluation import context_blindness, evaluate_mlm
 
     g = torch.Generator().manual_seed(0)
     ids = torch.randint(5, 99, (8, 16), generator=g)
@@ -177,6 +177,12 @@ def test_heldout_top1_statistics_catch_a_model_that_ignores_its_input():
     assert heard["top1_most_common"] == counts.argmax().item()
     deaf = evaluate_mlm(blind, data, progressbar=False)
     assert (deaf["top1_distinct"], deaf["top1_share"], deaf["top1_most_common"]) == (1, 1.0, 7)
+    # what the report and the console say about each (half the positions on one token or more: context-blind)
+    assert heard["top1_share"] < 0.5 and context_blindness(heard) is None
+    assert context_blindness(deaf) == "predicts `token id 7` at every held-out masked position: it ignores its input"
+    mostly = dict(top1_distinct=3, top1_share=0.6, top1_most_common=7, top1_most_common_token="the")
+    assert "predicts `the` at 60% of the held-out masked positions (3 different tokens" in context_blindness(mostly)
+    assert context_blindness({**mostly, "top1_share": 0.45}) is None
 
 
 def test_fill_mask_examples_catch_a_student_that_ignores_its_input(tmp_path):

@@ -273,7 +273,7 @@ def cmd_merge(args) -> int:
 
 
 def cmd_evaluate(args) -> int:
-    from .evaluation import evaluate_mlm
+    from .evaluation import context_blindness, evaluate_mlm
     from .teacher import load_teacher
 
     results = {}
@@ -301,6 +301,9 @@ def cmd_evaluate(args) -> int:
             f = entry["finetune"]
             line += f"; {f['task']} {f['metric']} {f['mean']:.3f} ± {f['std']:.3f} over {len(f['scores'])} seed(s)"
         print(line)
+        blind = context_blindness(h)
+        if blind:
+            print(f"  warning: {spec} {blind}")
     if args.output:
         with open(args.output, "w") as f:
             json.dump(results, f, indent=2)
