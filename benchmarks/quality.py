@@ -91,6 +91,9 @@ ABLATIONS = {
     # the Taylor scores' moving average over one mask interval (at least 10 steps; 36 at 600, 91 at 1,500) instead of
     # ~10 steps, so the teacher's scores and more batches reach the selections of long runs
     "taylor-window-interval": ("wid-budget", dict(taylor_window=lambda steps: max(10, _budget_interval(steps)))),
+    # a training step's Taylor score per compactor (each compactor's |sum of G*W|, summed over the group), the form of
+    # the teacher's initial scores, instead of |sum over the whole group|
+    "taylor-per-compactor": ("wid-budget", dict(taylor_per_compactor=True)),
 }
 
 

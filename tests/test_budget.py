@@ -120,6 +120,30 @@ def test_taylor_window_sets_each_steps_weight_in_the_moving_average():
             WIDConfig(target_ratio=0.5, mask_scoring="taylor", taylor_window=bad)
 
 
+def test_taylor_per_compactor_scores_each_compactor_on_its_own():
+    batch = batch_with_labels()
+    scores = {}
+    for per_compactor in (False, True):
+        torch.manual_seed(0)
+        model = get_wid_model(tiny_teacher(), WIDConfig(target_ratio=0.5, mask_scoring="taylor",
+                                                        taylor_per_compactor=per_compactor))
+        with torch.no_grad():  # compactors away from the identity, so that every entry of an index counts
+            for group in model.groups.values():
+                for param, _ in group.compactor_entries():
+                    param.add_(0.05 * torch.randn_like(param))
+        model.zero_grad()
+        model(**batch).loss.backward()
+        scores[per_compactor] = pruner.taylor_step_scores(model)
+        if per_compactor:  # by hand: each compactor's |sum of G * W| for the index, summed over the group
+            for name, group in model.groups.items():
+                expected = sum((p.grad * p).sum(dim=1 if how == "rows" else 0).abs()
+                               for p, how in group.compactor_entries())
+                assert torch.allclose(scores[True][name], expected, rtol=1e-5, atol=1e-12), name
+    for name in scores[False]:  # the group form can cancel, this one cannot: never smaller
+        assert bool((scores[True][name] >= scores[False][name] - 1e-7).all()), name
+    assert not torch.allclose(scores[True]["hidden"], scores[False]["hidden"])  # the hidden group has many compactors
+
+
 def test_wid_trainer_starts_the_scores_from_the_teacher_without_touching_the_runs_rng(tmp_path):
     seen = {}
 

@@ -177,6 +177,13 @@ class WIDConfig:
                           "the last ten batches, as budget mode does (one mask interval was measured and not adopted: "
                           "docs/method.md, 'Budget mode')."},
     )
+    taylor_per_compactor: bool = field(
+        default=False,
+        metadata={"help": "Under mask_scoring='taylor': score a training step per compactor, the sum over the group's "
+                          "compactors of each one's |sum of G*W| (the form of the teacher's initial scores, in which "
+                          "signed values cannot cancel), instead of |sum over the whole group| (the first-order change "
+                          "of the loss if the index goes everywhere at once)."},
+    )
 
     def __post_init__(self):
         if self.head_strategy not in HEAD_STRATEGIES:
@@ -193,6 +200,9 @@ class WIDConfig:
             raise ValueError(f"taylor_init_batches must be an integer >= 0, got {self.taylor_init_batches!r}.")
         if not isinstance(self.taylor_window, int) or isinstance(self.taylor_window, bool) or self.taylor_window < 1:
             raise ValueError(f"taylor_window must be an integer >= 1 (optimizer steps), got {self.taylor_window!r}.")
+        if self.taylor_per_compactor and self.mask_scoring != "taylor":
+            raise ValueError("taylor_per_compactor is a form of the Taylor scores: it needs mask_scoring='taylor' "
+                             f"(got {self.mask_scoring!r}).")
         if self.taylor_init_batches and self.mask_scoring != "taylor":
             raise ValueError("taylor_init_batches starts the Taylor scores' moving average: it needs "
                              f"mask_scoring='taylor' (got {self.mask_scoring!r}).")

@@ -46,7 +46,9 @@ def importance(model, group: MaskGroup) -> torch.Tensor:
 def taylor_step_scores(model) -> dict[str, torch.Tensor]:
     """This step's first-order score of every index of every group, from the gradients in ``.grad``: for index j,
     ``|sum of G * W|`` over every compactor entry of j (row j of output compactors, column j of input compactors),
-    which is the first-order change of the loss if those entries were zeroed."""
+    which is the first-order change of the loss if those entries were zeroed. With ``taylor_per_compactor``, the sum
+    of each compactor's ``|sum of G * W|`` instead (the form of `first_order_importance`)."""
+    per_compactor = model.wid_config.taylor_per_compactor
     scores = {}
     for group in model.groups.values():
         step_score = None
@@ -54,6 +56,8 @@ def taylor_step_scores(model) -> dict[str, torch.Tensor]:
             if param.grad is None:
                 continue
             gw = (param.grad.float() * param.float()).sum(dim=1 if how == "rows" else 0)
+            if per_compactor:
+                gw = gw.abs()
             step_score = gw if step_score is None else step_score + gw
         if step_score is not None:
             scores[group.name] = step_score.abs()
