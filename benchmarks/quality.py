@@ -97,6 +97,12 @@ ABLATIONS = {
 }
 
 
+def ablation_settings(name, steps):
+    """The method an --ablation changes and the settings it sets at `steps` (a setting may scale with the run)."""
+    base, settings = ABLATIONS[name]
+    return base, {k: v(steps) if callable(v) else v for k, v in settings.items()}
+
+
 def _budget_interval(steps):
     from wid_hf import WIDConfig
 
@@ -114,8 +120,7 @@ def run_method(name, a, steps, lr, workdir, ablation=None):
 
     settings = dict(RUNS[name])
     if ablation is not None:
-        settings.update(ABLATIONS[ablation][1])
-        settings = {k: v(steps) if callable(v) else v for k, v in settings.items()}  # settings that scale with steps
+        settings.update(ablation_settings(ablation, steps)[1])
     ratio = settings.pop("compactor_ratio", WID_COMPACTOR_RATIO)
     if settings["method"] == "wid":
         settings["compactor_learning_rate"] = lr * ratio
@@ -218,8 +223,7 @@ def ablations(a, chosen):
     for steps in a.steps:
         for name in a.ablation:
             key = f"{name}@{steps}"
-            base, settings = ABLATIONS[name]
-            settings = {k: v(steps) if callable(v) else v for k, v in settings.items()}  # as run at these steps
+            base, settings = ablation_settings(name, steps)  # as run at these steps
             if key not in found["runs"]:
                 lr = chosen.get(base, a.lr)
                 report = run_method(base, a, steps, lr, a.workdir, ablation=name)

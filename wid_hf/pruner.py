@@ -42,6 +42,14 @@ def importance(model, group: MaskGroup) -> torch.Tensor:
     return group.scores(model.wid_config.mask_scoring)
 
 
+def _first_order_terms(group: MaskGroup):
+    """For each compactor of `group` that has a gradient: ``sum of G * W`` over its entries of each index (row j of
+    an output compactor, column j of an input compactor), the derivative of the loss along scaling those entries."""
+    for param, how in group.compactor_entries():
+        if param.grad is not None:
+            yield (param.grad.float() * param.float()).sum(dim=1 if how == "rows" else 0)
+
+
 @torch.no_grad()
 def taylor_step_scores(model) -> dict[str, torch.Tensor]:
     """This step's first-order score of every index of every group, from the gradients in ``.grad``: for index j,
@@ -52,10 +60,7 @@ def taylor_step_scores(model) -> dict[str, torch.Tensor]:
     scores = {}
     for group in model.groups.values():
         step_score = None
-        for param, how in group.compactor_entries():
-            if param.grad is None:
-                continue
-            gw = (param.grad.float() * param.float()).sum(dim=1 if how == "rows" else 0)
+        for gw in _first_order_terms(group):
             if per_compactor:
                 gw = gw.abs()
             step_score = gw if step_score is None else step_score + gw
@@ -90,10 +95,8 @@ def first_order_importance(model, batches, loss_fn) -> dict[str, torch.Tensor]:
             loss_fn(model, batch).backward()
             with torch.no_grad():
                 for group in model.groups.values():
-                    for param, how in group.compactor_entries():
-                        if param.grad is None:
-                            continue
-                        score = (param.grad.float() * param.float()).sum(dim=1 if how == "rows" else 0).abs()
+                    for gw in _first_order_terms(group):
+                        score = gw.abs()
                         totals[group.name] = totals[group.name] + score if group.name in totals else score
     finally:
         model.zero_grad(set_to_none=True)
