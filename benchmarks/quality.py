@@ -6,6 +6,7 @@ batch size, number of optimizer steps and seed, and targets hidden 192 / FFN 768
 
   wid-budget         WID in budget mode (WIDConfig.for_budget: Taylor scores, linear decay, monotone masks)
   wid-budget-late    the same with hard masks at 75% of the run instead of 55% (--hard_mask_at 0.75)
+  wid-budget-pc      the same with a training step's Taylor scores summed per compactor (--taylor_per_compactor)
   wid-reference      WID with the reference method on the same scaled schedule (norm scores, Adam-routed penalty)
   wid+attention      WID (reference) plus MiniLM-style attention transfer (KL on attention distributions, last layer)
   etd-impt+mlm       Extract-Then-Distill, first-order importance on 16 corpus batches, then masked-LM
@@ -54,6 +55,7 @@ SHARED_TEACHER = os.path.join(os.path.dirname(ROOT), "shared", "teachers", "mini
 RUNS = {
     "wid-budget": dict(method="wid"),
     "wid-budget-late": dict(method="wid", hard_mask_at=0.75),  # hard masks at 75% of the run instead of 55%
+    "wid-budget-pc": dict(method="wid", taylor_per_compactor=True),  # a step's Taylor scores summed per compactor
     "wid-reference": dict(method="wid", budget_mode=False),
     "wid+attention": dict(method="wid", objective="attention_kl", budget_mode=False),
     "etd-impt+mlm": dict(method="etd-impt"),
@@ -65,7 +67,7 @@ RUNS = {
     "random+mlm": dict(method="random"),
 }
 # variants of a method, run at that method's searched learning rate and left out of the default --methods
-SAME_RATE_AS = {"wid-budget-late": "wid-budget", "etd-impt+mlm-warm": "etd-impt+mlm"}
+SAME_RATE_AS = {"wid-budget-late": "wid-budget", "wid-budget-pc": "wid-budget", "etd-impt+mlm-warm": "etd-impt+mlm"}
 METHODS = [name for name in RUNS if name not in SAME_RATE_AS]
 
 
