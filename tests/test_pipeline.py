@@ -138,13 +138,17 @@ def test_a_demo_job_given_only_its_length_runs_in_budget_mode():
     w = job.wid
     assert (w.mask_scoring, w.decay, w.monotone_masks, w.warmup_l2) == ("taylor", "linear", True, 0.0)
     assert (w.pruning_start, w.mask_interval, w.pruning_intervals, w.target_ratio) == (0, 18, 8, 0.5)
-    assert w.taylor_init_batches == 16
+    assert (w.taylor_init_batches, w.taylor_per_compactor) == (16, True)
     assert (job.training.learning_rate, job.training.compactor_learning_rate) == (BUDGET_LEARNING_RATE,
                                                                                   BUDGET_COMPACTOR_LEARNING_RATE)
     # anything given wins; --budget_mode false is the reference method on the same scaled schedule
     aggregate = Job.create(output_dir="x", max_steps=300, mask_scoring="aggregate").wid
-    assert (aggregate.mask_scoring, aggregate.taylor_init_batches) == ("aggregate", 0)
-    assert WIDConfig.for_budget(300, target_ratio=0.5, mask_scoring="aggregate").taylor_init_batches == 0
+    assert (aggregate.mask_scoring, aggregate.taylor_init_batches, aggregate.taylor_per_compactor) == (
+        "aggregate", 0, False)
+    aggregate = WIDConfig.for_budget(300, target_ratio=0.5, mask_scoring="aggregate")
+    assert (aggregate.taylor_init_batches, aggregate.taylor_per_compactor) == (0, False)
+    group_form = Job.create(output_dir="x", max_steps=300, taylor_per_compactor=False).wid  # the earlier form
+    assert (group_form.mask_scoring, group_form.taylor_per_compactor) == ("taylor", False)
     reference = Job.create(output_dir="x", max_steps=300, budget_mode=False)
     assert (reference.wid.mask_scoring, reference.wid.decay, reference.wid.mask_interval) == ("reference",
                                                                                             "reference", 15)
@@ -188,6 +192,21 @@ def test_a_changed_wid_setting_names_the_flags_that_resume_the_earlier_job(tmp_p
                                                  "--taylor_window", "20"])
     assert Job.create(**given).identity() == earlier.identity()
     _check_output_dir(Job.create(**given))
+
+
+def test_a_budget_job_written_before_per_compactor_scores_says_how_to_resume(tmp_path):
+    # budget mode's step scores were the group form until 2026-11-28: a directory of such a run records no
+    # taylor_per_compactor (it was at WIDConfig's default, False), and must not resume as today's budget mode
+    earlier = Job.create(output_dir=str(tmp_path), max_steps=300, taylor_per_compactor=False)
+    assert "taylor_per_compactor" not in earlier.identity()["wid"]
+    (tmp_path / "checkpoints" / "checkpoint-18").mkdir(parents=True)
+    (tmp_path / "job.json").write_text(json.dumps({"identity": earlier.identity()}))
+    with pytest.raises(JobMismatchError, match=r"taylor_per_compactor: False then, True now; "
+                                               r"to resume, give the earlier values: --taylor_per_compactor False"):
+        _check_output_dir(Job.create(output_dir=str(tmp_path), max_steps=300))
+    given = parse_dataclass_command("compress", ["--output_dir", str(tmp_path), "--max_steps", "300",
+                                                 "--taylor_per_compactor", "False"])
+    assert Job.create(**given).identity() == earlier.identity()
 
 
 def test_heldout_top1_statistics_catch_a_model_that_ignores_its_input():
