@@ -96,6 +96,8 @@ ABLATIONS = {
     # a training step's Taylor score per compactor (each compactor's |sum of G*W|, summed over the group), the form of
     # the teacher's initial scores, instead of |sum over the whole group|
     "taylor-per-compactor": ("wid-budget", dict(taylor_per_compactor=True)),
+    # ETD-Impt's importance summed over 64 training batches instead of 16 (its warmed-up form, the stronger one)
+    "importance-batches-64/etd": ("etd-impt+mlm-warm", dict(importance_batches=64)),
 }
 
 
@@ -227,7 +229,7 @@ def ablations(a, chosen):
             key = f"{name}@{steps}"
             base, settings = ablation_settings(name, steps)  # as run at these steps
             if key not in found["runs"]:
-                lr = chosen.get(base, a.lr)
+                lr = chosen.get(SAME_RATE_AS.get(base, base), a.lr)  # a variant runs at its method's rate
                 report = run_method(base, a, steps, lr, a.workdir, ablation=name)
                 found["runs"][key] = {
                     "option": name, "method": base, "settings": settings, "steps": steps, "learning_rate": lr,

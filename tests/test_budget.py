@@ -225,7 +225,7 @@ def budget_trainer(out, steps=40, head_strategy="dim", taylor_init_batches=None,
 def test_budget_mode_reaches_its_targets_early_and_merges_exactly(tmp_path, strategy):
     config = WIDConfig.for_budget(40, target_ratio=0.5)
     assert (config.pruning_start, config.mask_interval, config.pruning_intervals) == (0, 2, 8)
-    assert config.taylor_init_batches == 16
+    assert (config.taylor_init_batches, config.taylor_per_compactor) == (16, True)
     trainer = budget_trainer(tmp_path, head_strategy=strategy)
     model = trainer.wid_model
     assert model.hard_mask_step <= 0.6 * 40  # the student trains at its final shape for the rest

@@ -1,6 +1,7 @@
 """The one pipeline's settings: presets, the budget schedule, the CLI's field-named flags and their old aliases, and
 job directories written by wid_hf 0.1.0 (their job.json identity must match, or they could not resume)."""
 
+import json
 import subprocess
 import sys
 
@@ -10,7 +11,7 @@ from conftest import ROOT
 from wid_hf.cli import parse_dataclass_command
 from wid_hf.config import WIDConfig
 from wid_hf.pipeline import (BUDGET_COMPACTOR_LEARNING_RATE, BUDGET_LEARNING_RATE, JOB_PRESETS, STUDENT_LEARNING_RATE,
-                             Job, budget_schedule)
+                             Job, JobMismatchError, _check_output_dir, budget_schedule)
 
 # job.json "identity" of `wid-hf compress --output-dir runs/demo`, as wid_hf 0.1.0 (before the pipeline) wrote it
 OLD_DEMO_IDENTITY = {"teacher": None, "corpus": None, "text_column": "text", "seq_len": 128,
@@ -37,6 +38,9 @@ def test_demo_job_keeps_the_identity_of_earlier_job_directories():
     assert (wid55["learning_rate"], wid55["compactor_learning_rate"], wid55["max_steps"]) == (1e-6, 5e-5, 400_000)
     # --warmup_steps joins the identity only when given (earlier directories keep theirs), and reaches the Trainer
     assert "warmup_steps" not in Job.create(output_dir="x").identity()
+    # ETD-Impt's importance sample: in the identity only when not the default, so earlier directories resume
+    assert "importance_batches" not in Job.create(output_dir="x", method="etd-impt").identity()
+    assert Job.create(output_dir="x", method="etd-impt", importance_batches=64).identity()["importance_batches"] == 64
     warm = Job.create(output_dir="x", method="etd-impt", warmup_steps=0.1)
     assert warm.identity()["warmup_steps"] == 0.1
     assert warm.training_arguments("x").warmup_steps == 0.1
@@ -76,6 +80,8 @@ def test_presets_budget_schedule_and_method_defaults():
     (dict(method="distil"), "method must be one of"),
     (dict(max_steps=0), "--max_steps must be at least 1"),
     (dict(keep_layers="top:2"), "lower:N"),
+    (dict(method="etd-impt", importance_batches=0), "--importance_batches must be at least 1"),
+    (dict(importance_batches=32), "--taylor_init_batches"),
 ])
 def test_bad_job_settings_say_what_to_do(settings, message):
     with pytest.raises((TypeError, ValueError), match=message):
@@ -132,13 +138,17 @@ def test_a_demo_job_given_only_its_length_runs_in_budget_mode():
     w = job.wid
     assert (w.mask_scoring, w.decay, w.monotone_masks, w.warmup_l2) == ("taylor", "linear", True, 0.0)
     assert (w.pruning_start, w.mask_interval, w.pruning_intervals, w.target_ratio) == (0, 18, 8, 0.5)
-    assert w.taylor_init_batches == 16
+    assert (w.taylor_init_batches, w.taylor_per_compactor) == (16, True)
     assert (job.training.learning_rate, job.training.compactor_learning_rate) == (BUDGET_LEARNING_RATE,
                                                                                   BUDGET_COMPACTOR_LEARNING_RATE)
     # anything given wins; --budget_mode false is the reference method on the same scaled schedule
     aggregate = Job.create(output_dir="x", max_steps=300, mask_scoring="aggregate").wid
-    assert (aggregate.mask_scoring, aggregate.taylor_init_batches) == ("aggregate", 0)
-    assert WIDConfig.for_budget(300, target_ratio=0.5, mask_scoring="aggregate").taylor_init_batches == 0
+    assert (aggregate.mask_scoring, aggregate.taylor_init_batches, aggregate.taylor_per_compactor) == (
+        "aggregate", 0, False)
+    aggregate = WIDConfig.for_budget(300, target_ratio=0.5, mask_scoring="aggregate")
+    assert (aggregate.taylor_init_batches, aggregate.taylor_per_compactor) == (0, False)
+    group_form = Job.create(output_dir="x", max_steps=300, taylor_per_compactor=False).wid  # the earlier form
+    assert (group_form.mask_scoring, group_form.taylor_per_compactor) == ("taylor", False)
     reference = Job.create(output_dir="x", max_steps=300, budget_mode=False)
     assert (reference.wid.mask_scoring, reference.wid.decay, reference.wid.mask_interval) == ("reference",
                                                                                             "reference", 15)
@@ -153,6 +163,50 @@ def test_a_demo_job_given_only_its_length_runs_in_budget_mode():
     for elsewhere in (dict(budget_mode=False), dict(mask_interval=10), dict(preset="wid55")):
         with pytest.raises(ValueError, match="hard_mask_at"):
             Job.create(output_dir="x", max_steps=300, hard_mask_at=0.75, **elsewhere)
+
+
+def test_etd_importance_sample_has_the_batches_asked_for():
+    from datasets import Dataset
+    from transformers import default_data_collator
+
+    from wid_hf.pipeline import _importance_batches
+
+    train = Dataset.from_dict({"input_ids": [[i, i + 1] for i in range(100)]})
+    for n in (1, 16, 64):
+        batches = _importance_batches(train, default_data_collator, 4, 0, n)
+        assert len(batches) == min(n, 25) and all(b["input_ids"].shape == (4, 2) for b in batches)
+    again = _importance_batches(train, default_data_collator, 4, 0, 16)
+    # seeded: the same sample each time, a larger one starting with the same batches
+    assert all((a["input_ids"] == b["input_ids"]).all() for a, b in zip(again, batches))
+
+
+def test_a_changed_wid_setting_names_the_flags_that_resume_the_earlier_job(tmp_path):
+    earlier = Job.create(output_dir=str(tmp_path), max_steps=300, taylor_window=20)
+    (tmp_path / "checkpoints" / "checkpoint-18").mkdir(parents=True)
+    (tmp_path / "job.json").write_text(json.dumps({"identity": earlier.identity()}))
+    with pytest.raises(JobMismatchError, match=r"changed: wid; WIDConfig taylor_window: 20 then, 10 now; "
+                                               r"to resume, give the earlier values: --taylor_window 20"):
+        _check_output_dir(Job.create(output_dir=str(tmp_path), max_steps=300))
+    # the flags it prints parse back to the earlier job, and with them the directory resumes
+    given = parse_dataclass_command("compress", ["--output_dir", str(tmp_path), "--max_steps", "300",
+                                                 "--taylor_window", "20"])
+    assert Job.create(**given).identity() == earlier.identity()
+    _check_output_dir(Job.create(**given))
+
+
+def test_a_budget_job_written_before_per_compactor_scores_says_how_to_resume(tmp_path):
+    # budget mode's step scores were the group form until 2026-11-28: a directory of such a run records no
+    # taylor_per_compactor (it was at WIDConfig's default, False), and must not resume as today's budget mode
+    earlier = Job.create(output_dir=str(tmp_path), max_steps=300, taylor_per_compactor=False)
+    assert "taylor_per_compactor" not in earlier.identity()["wid"]
+    (tmp_path / "checkpoints" / "checkpoint-18").mkdir(parents=True)
+    (tmp_path / "job.json").write_text(json.dumps({"identity": earlier.identity()}))
+    with pytest.raises(JobMismatchError, match=r"taylor_per_compactor: False then, True now; "
+                                               r"to resume, give the earlier values: --taylor_per_compactor False"):
+        _check_output_dir(Job.create(output_dir=str(tmp_path), max_steps=300))
+    given = parse_dataclass_command("compress", ["--output_dir", str(tmp_path), "--max_steps", "300",
+                                                 "--taylor_per_compactor", "False"])
+    assert Job.create(**given).identity() == earlier.identity()
 
 
 def test_heldout_top1_statistics_catch_a_model_that_ignores_its_input():

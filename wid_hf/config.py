@@ -237,10 +237,11 @@ class WIDConfig:
     @classmethod
     def for_budget(cls, max_steps: int, hard_mask_at: float = BUDGET_HARD_MASK_AT, **overrides) -> "WIDConfig":
         """Budget mode: WID for a run of `max_steps` optimizer steps (hundreds to tens of thousands), not the paper's
-        400k. Indices are scored by first-order (Taylor) importance, starting from the teacher's own scores on
-        `BUDGET_TAYLOR_INIT_BATCHES` training batches, so pruning can begin at once: the schedule runs nine equal
-        intervals from step 0 to hard masks at `hard_mask_at` of the run (default 55%: the first selection at about
-        6%, the targets at about 49%), and the student trains at its final shape for the rest. Pruned entries decay
+        400k. Indices are scored by first-order (Taylor) importance, each compactor's part taken on its own
+        (`taylor_per_compactor`), starting from the teacher's own scores on `BUDGET_TAYLOR_INIT_BATCHES` training
+        batches, so pruning can begin at once: the schedule runs nine equal intervals from step 0 to hard masks at
+        `hard_mask_at` of the run (default 55%: the first selection at about 6%, the targets at about 49%), and the
+        student trains at its final shape for the rest. Pruned entries decay
         linearly to exactly zero, pruned stays pruned, and no warm-up L2 shrinks the teacher. `overrides` are any
         WIDConfig fields (targets are required, as for WIDConfig). docs/method.md, "Budget mode", says why each
         differs from the reference.
@@ -248,6 +249,8 @@ class WIDConfig:
             >>> c = WIDConfig.for_budget(1500, target_ratio=0.5)
             >>> c.pruning_start, c.mask_interval, c.pruning_intervals, c.mask_scoring, c.decay, c.taylor_init_batches
             (0, 91, 8, 'taylor', 'linear', 16)
+            >>> c.taylor_per_compactor
+            True
         """
         if max_steps < 4:
             raise ValueError(f"budget mode needs at least 4 steps, got {max_steps}.")
@@ -259,9 +262,10 @@ class WIDConfig:
         room = max_steps // interval - 1  # intervals that fit before the hard-mask interval
         settings = dict(pruning_start=0, mask_interval=interval, pruning_intervals=max(1, min(8, room)),
                         head_prune_every=1, mask_scoring="taylor", taylor_init_batches=BUDGET_TAYLOR_INIT_BATCHES,
-                        decay="linear", monotone_masks=True, warmup_l2=0.0)
+                        taylor_per_compactor=True, decay="linear", monotone_masks=True, warmup_l2=0.0)
         if overrides.get("mask_scoring", "taylor") != "taylor":
-            settings["taylor_init_batches"] = 0  # it starts the Taylor scores: nothing to start under other scoring
+            # both start or shape the Taylor scores: nothing to start or shape under another scoring
+            settings.update(taylor_init_batches=0, taylor_per_compactor=False)
         return cls(**{**settings, **overrides})
 
     def resolve(self, model_config) -> "WIDConfig":

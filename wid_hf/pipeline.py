@@ -39,7 +39,7 @@ from dataclasses import dataclass, field
 from typing import Optional
 
 from . import __version__
-from .config import BUDGET_HARD_MASK_AT, PRESETS, TeacherDims, WIDConfig
+from .config import BUDGET_HARD_MASK_AT, BUDGET_TAYLOR_INIT_BATCHES, PRESETS, TeacherDims, WIDConfig
 
 logger = logging.getLogger(__name__)
 
@@ -70,6 +70,7 @@ BUDGET_PRESET = "demo"
 # steps (docs/method.md, "Budget mode").
 BUDGET_LEARNING_RATE = 1e-3
 BUDGET_COMPACTOR_LEARNING_RATE = 1e-4
+ETD_IMPORTANCE_BATCHES = BUDGET_TAYLOR_INIT_BATCHES  # ETD-Impt scores on as many batches as budget mode starts from
 
 
 def budget_schedule(max_steps: int) -> dict:
@@ -114,14 +115,18 @@ class JobArguments:
                 "(default: from --preset). The head's is 2e-3."})
     budget_mode: bool = field(default=True, metadata={
         "help": "Under --preset demo, WID runs in budget mode unless a schedule is given (WIDConfig.for_budget: "
-                "Taylor scores started from the teacher's, linear decay to zero, monotone masks, schedule scaled to "
-                "the run, budget learning rates); --budget_mode false gives the reference method on the same "
-                "scaled schedule instead."})
+                "Taylor scores per compactor started from the teacher's, linear decay to zero, monotone masks, "
+                "schedule scaled to the run, budget learning rates); --budget_mode false gives the reference "
+                "method on the same scaled schedule instead."})
     hard_mask_at: Optional[float] = field(default=None, metadata={
         "help": f"Budget mode: the fraction of the run at which masks become hard (default {BUDGET_HARD_MASK_AT}; "
                 "pruning runs from the start of the run to here, then the student trains at its final shape). Later "
                 "costs more time (pruning steps are the expensive ones); docs/method.md, 'Budget mode', has what "
                 "earlier and later measured."})
+    importance_batches: int = field(default=ETD_IMPORTANCE_BATCHES, metadata={
+        "help": "ETD-Impt: training batches (of --per_device_train_batch_size) that its first-order importance is "
+                "summed over, a seeded sample of the corpus (default: as many as budget mode's "
+                "taylor_init_batches)."})
     overwrite_output_dir: bool = field(default=False, metadata={
         "aliases": ["--overwrite"], "help": "Delete what --output_dir holds and start over."})
 
@@ -214,6 +219,9 @@ class Job:
         if settings.get("objective", "mlm") not in OBJECTIVES:
             raise ValueError(f"objective must be one of {OBJECTIVES}, got {settings['objective']!r}.")
 
+        if settings.get("importance_batches") is not None and method != "etd-impt":
+            raise ValueError(f"--importance_batches sets ETD-Impt's importance sample; it does not apply to --method "
+                             f"{method} (WID's own start is --taylor_init_batches).")
         if settings.get("max_steps") is not None and settings["max_steps"] < 1:
             raise ValueError("--max_steps must be at least 1.")
         wid = dict(preset["wid"])
@@ -239,8 +247,10 @@ class Job:
         elif budget:
             wid.update(budget_schedule(steps))
         given = {k: v for k, v in settings.items() if known[k] is WIDConfig and v is not None}
-        if given.get("mask_scoring", "taylor") != "taylor" and "taylor_init_batches" not in given:
-            wid.pop("taylor_init_batches", None)  # budget mode's start for Taylor scores; other scorings have none
+        if given.get("mask_scoring", "taylor") != "taylor":
+            for key in ("taylor_init_batches", "taylor_per_compactor"):  # budget mode's start and form of Taylor
+                if key not in given:                                     # scores: other scorings have neither
+                    wid.pop(key, None)
         wid.update(given)
 
         filled = {k: v for k, v in settings.items() if v is not None}
@@ -258,7 +268,7 @@ class Job:
         job = cls(JobArguments(**parts[JobArguments]), DataArguments(**parts[DataArguments]),
                   JobTrainingArguments(**parts[JobTrainingArguments]), WIDConfig(**wid))
         for part, name in ((job.training, "max_steps"), (job.training, "per_device_train_batch_size"),
-                           (job.data, "max_seq_length"), (job.data, "eval_sequences")):
+                           (job.data, "max_seq_length"), (job.data, "eval_sequences"), (job.job, "importance_batches")):
             if getattr(part, name) < 1:
                 raise ValueError(f"--{name} must be at least 1.")
         return job
@@ -293,6 +303,8 @@ class Job:
             identity["warmup_steps"] = t.warmup_steps
         if j.method != "wid":
             identity["method"] = j.method
+        if j.method == "etd-impt" and j.importance_batches != ETD_IMPORTANCE_BATCHES:  # earlier directories resume
+            identity["importance_batches"] = j.importance_batches
         if d.validation_sequences:
             identity["validation_sequences"] = d.validation_sequences
         return json.loads(json.dumps(identity))
@@ -331,6 +343,19 @@ class JobMismatchError(ValueError):
     pass
 
 
+def _wid_changes(previous: dict, current: dict) -> str:
+    """The WIDConfig fields that differ between two job identities, with the flags that resume the earlier job (a
+    field the identity leaves out was at WIDConfig's default, e.g. budget mode's defaults of an earlier wid_hf)."""
+    keys = sorted(k for k in set(previous) | set(current)
+                  if previous.get(k, _WID_DEFAULTS.get(k)) != current.get(k, _WID_DEFAULTS.get(k)))
+    if not keys:
+        return ""
+    before = {k: previous.get(k, _WID_DEFAULTS.get(k)) for k in keys}
+    return ("; WIDConfig " + ", ".join(f"{k}: {before[k]!r} then, {current.get(k, _WID_DEFAULTS.get(k))!r} now"
+                                       for k in keys)
+            + "; to resume, give the earlier values: " + " ".join(f"--{k} {before[k]}" for k in keys))
+
+
 def _check_output_dir(job: Job) -> None:
     path = os.path.join(job.output_dir, "job.json")
     if os.path.exists(job.output_dir) and not os.path.isdir(job.output_dir):
@@ -348,8 +373,9 @@ def _check_output_dir(job: Job) -> None:
         if previous != current and trained:
             changed = sorted(k for k in set(previous) | set(current) if previous.get(k) != current.get(k))
             raise JobMismatchError(
-                f"{job.output_dir} holds the checkpoint of a different job (changed: {', '.join(changed)}); use another "
-                "--output_dir, or --overwrite to start over there.")
+                f"{job.output_dir} holds the checkpoint of a different job (changed: {', '.join(changed)}"
+                f"{_wid_changes(previous.get('wid', {}), current['wid'])}); use another --output_dir, or --overwrite "
+                "to start over there.")
     elif os.path.isdir(job.output_dir) and os.listdir(job.output_dir) and not overwrite:
         raise JobMismatchError(f"{job.output_dir} exists and is not a wid-hf job directory; use an empty or new "
                                "--output_dir.")
@@ -433,7 +459,7 @@ def _mlm_teacher(job: Job, loaded, train):
     return teacher, note
 
 
-def _importance_batches(train, collator, batch_size: int, seed: int, n_batches: int = 16) -> list[dict]:
+def _importance_batches(train, collator, batch_size: int, seed: int, n_batches: int) -> list[dict]:
     """A seeded random sample of the corpus, masked, for ETD-Impt's importance scores."""
     sample = train.shuffle(seed=seed).select(range(min(len(train), n_batches * batch_size)))
     return [collator([sample[i] for i in range(j, min(j + batch_size, len(sample)))])
@@ -501,9 +527,10 @@ def build_trainer(job: Job, teacher, tokenizer, train, wid_config: WIDConfig, la
     if j.method.startswith("etd"):
         batches = None
         if j.method == "etd-impt":
-            batches = _importance_batches(train, collator, job.training.per_device_train_batch_size, job.training.seed)
+            batches = _importance_batches(train, collator, job.training.per_device_train_batch_size, job.training.seed,
+                                          j.importance_batches)
         student = extract_student(teacher, wid_config, importance="gradient" if j.method == "etd-impt" else "random",
-                                  batches=batches, layers=layers, seed=job.training.seed)
+                                  batches=batches, max_batches=None, layers=layers, seed=job.training.seed)
     elif j.method == "truncation":
         keep = layers if layers is not None else layer_choice(
             "lower", teacher.config.num_hidden_layers, truncation_layers(teacher.config, hidden, ffn))
