@@ -6,7 +6,7 @@ batch size, number of optimizer steps and seed, and targets hidden 192 / FFN 768
 
   wid-budget         WID in budget mode (WIDConfig.for_budget: Taylor scores, linear decay, monotone masks)
   wid-budget-late    the same with hard masks at 75% of the run instead of 55% (--hard_mask_at 0.75)
-  wid-budget-pc      the same with a training step's Taylor scores summed per compactor (--taylor_per_compactor)
+  wid-budget-group-scores  the same with the earlier form of a step's Taylor scores (--taylor_per_compactor false)
   wid-reference      WID with the reference method on the same scaled schedule (norm scores, Adam-routed penalty)
   wid+attention      WID (reference) plus MiniLM-style attention transfer (KL on attention distributions, last layer)
   etd-impt+mlm       Extract-Then-Distill, first-order importance on 16 corpus batches, then masked-LM
@@ -55,7 +55,8 @@ SHARED_TEACHER = os.path.join(os.path.dirname(ROOT), "shared", "teachers", "mini
 RUNS = {
     "wid-budget": dict(method="wid"),
     "wid-budget-late": dict(method="wid", hard_mask_at=0.75),  # hard masks at 75% of the run instead of 55%
-    "wid-budget-pc": dict(method="wid", taylor_per_compactor=True),  # a step's Taylor scores summed per compactor
+    # budget mode before its training-step Taylor scores became per compactor: |sum over the group| of G*W
+    "wid-budget-group-scores": dict(method="wid", taylor_per_compactor=False),
     "wid-reference": dict(method="wid", budget_mode=False),
     "wid+attention": dict(method="wid", objective="attention_kl", budget_mode=False),
     "etd-impt+mlm": dict(method="etd-impt"),
@@ -67,7 +68,7 @@ RUNS = {
     "random+mlm": dict(method="random"),
 }
 # variants of a method, run at that method's searched learning rate and left out of the default --methods
-SAME_RATE_AS = {"wid-budget-late": "wid-budget", "wid-budget-pc": "wid-budget", "etd-impt+mlm-warm": "etd-impt+mlm"}
+SAME_RATE_AS = {"wid-budget-late": "wid-budget", "wid-budget-group-scores": "wid-budget", "etd-impt+mlm-warm": "etd-impt+mlm"}
 METHODS = [name for name in RUNS if name not in SAME_RATE_AS]
 
 
@@ -94,7 +95,8 @@ ABLATIONS = {
     # ~10 steps, so the teacher's scores and more batches reach the selections of long runs
     "taylor-window-interval": ("wid-budget", dict(taylor_window=lambda steps: max(10, _budget_interval(steps)))),
     # a training step's Taylor score per compactor (each compactor's |sum of G*W|, summed over the group), the form of
-    # the teacher's initial scores, instead of |sum over the whole group|
+    # the teacher's initial scores, instead of |sum over the whole group|: measured against the group form, then
+    # adopted as budget mode's default (so it now repeats wid-budget's run)
     "taylor-per-compactor": ("wid-budget", dict(taylor_per_compactor=True)),
     # ETD-Impt's importance summed over 64 training batches instead of 16 (its warmed-up form, the stronger one)
     "importance-batches-64/etd": ("etd-impt+mlm-warm", dict(importance_batches=64)),
