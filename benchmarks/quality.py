@@ -98,8 +98,10 @@ ABLATIONS = {
     # the teacher's initial scores, instead of |sum over the whole group|: measured against the group form, then
     # adopted as budget mode's default (so it now repeats wid-budget's run)
     "taylor-per-compactor": ("wid-budget", dict(taylor_per_compactor=True)),
-    # ETD-Impt's importance summed over 64 training batches instead of 16 (its warmed-up form, the stronger one)
+    # ETD-Impt's importance summed over 64 training batches instead of 16 (its warmed-up form, the stronger one), and
+    # budget mode's starting scores likewise (64 batches, drawn as WIDTrainer draws them)
     "importance-batches-64/etd": ("etd-impt+mlm-warm", dict(importance_batches=64)),
+    "taylor-init-64": ("wid-budget", dict(taylor_init_batches=64)),
 }
 
 

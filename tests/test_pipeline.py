@@ -2,6 +2,7 @@
 job directories written by wid_hf 0.1.0 (their job.json identity must match, or they could not resume)."""
 
 import json
+import re
 import subprocess
 import sys
 
@@ -180,33 +181,25 @@ def test_etd_importance_sample_has_the_batches_asked_for():
     assert all((a["input_ids"] == b["input_ids"]).all() for a, b in zip(again, batches))
 
 
-def test_a_changed_wid_setting_names_the_flags_that_resume_the_earlier_job(tmp_path):
-    earlier = Job.create(output_dir=str(tmp_path), max_steps=300, taylor_window=20)
+@pytest.mark.parametrize("earlier, message, flags", [
+    # a WIDConfig field the earlier job set, and its value then and now
+    (dict(taylor_window=20), "taylor_window: 20 then, 10 now", ["--taylor_window", "20"]),
+    # budget mode's step scores were the group form until 2026-11-28: a directory of such a run records no
+    # taylor_per_compactor (it was at WIDConfig's default, False) and must not resume as today's budget mode
+    (dict(taylor_per_compactor=False), "taylor_per_compactor: False then, True now",
+     ["--taylor_per_compactor", "False"]),
+])
+def test_a_changed_wid_setting_names_the_flags_that_resume_the_earlier_job(tmp_path, earlier, message, flags):
+    earlier = Job.create(output_dir=str(tmp_path), max_steps=300, **earlier)
     (tmp_path / "checkpoints" / "checkpoint-18").mkdir(parents=True)
     (tmp_path / "job.json").write_text(json.dumps({"identity": earlier.identity()}))
-    with pytest.raises(JobMismatchError, match=r"changed: wid; WIDConfig taylor_window: 20 then, 10 now; "
-                                               r"to resume, give the earlier values: --taylor_window 20"):
+    with pytest.raises(JobMismatchError, match=re.escape(f"changed: wid; WIDConfig {message}; to resume, give the "
+                                                         f"earlier values: {' '.join(flags)}")):
         _check_output_dir(Job.create(output_dir=str(tmp_path), max_steps=300))
     # the flags it prints parse back to the earlier job, and with them the directory resumes
-    given = parse_dataclass_command("compress", ["--output_dir", str(tmp_path), "--max_steps", "300",
-                                                 "--taylor_window", "20"])
+    given = parse_dataclass_command("compress", ["--output_dir", str(tmp_path), "--max_steps", "300", *flags])
     assert Job.create(**given).identity() == earlier.identity()
     _check_output_dir(Job.create(**given))
-
-
-def test_a_budget_job_written_before_per_compactor_scores_says_how_to_resume(tmp_path):
-    # budget mode's step scores were the group form until 2026-11-28: a directory of such a run records no
-    # taylor_per_compactor (it was at WIDConfig's default, False), and must not resume as today's budget mode
-    earlier = Job.create(output_dir=str(tmp_path), max_steps=300, taylor_per_compactor=False)
-    assert "taylor_per_compactor" not in earlier.identity()["wid"]
-    (tmp_path / "checkpoints" / "checkpoint-18").mkdir(parents=True)
-    (tmp_path / "job.json").write_text(json.dumps({"identity": earlier.identity()}))
-    with pytest.raises(JobMismatchError, match=r"taylor_per_compactor: False then, True now; "
-                                               r"to resume, give the earlier values: --taylor_per_compactor False"):
-        _check_output_dir(Job.create(output_dir=str(tmp_path), max_steps=300))
-    given = parse_dataclass_command("compress", ["--output_dir", str(tmp_path), "--max_steps", "300",
-                                                 "--taylor_per_compactor", "False"])
-    assert Job.create(**given).identity() == earlier.identity()
 
 
 def test_heldout_top1_statistics_catch_a_model_that_ignores_its_input():

@@ -241,10 +241,9 @@ class WIDConfig:
         (`taylor_per_compactor`), starting from the teacher's own scores on `BUDGET_TAYLOR_INIT_BATCHES` training
         batches, so pruning can begin at once: the schedule runs nine equal intervals from step 0 to hard masks at
         `hard_mask_at` of the run (default 55%: the first selection at about 6%, the targets at about 49%), and the
-        student trains at its final shape for the rest. Pruned entries decay
-        linearly to exactly zero, pruned stays pruned, and no warm-up L2 shrinks the teacher. `overrides` are any
-        WIDConfig fields (targets are required, as for WIDConfig). docs/method.md, "Budget mode", says why each
-        differs from the reference.
+        student trains at its final shape for the rest. Pruned entries decay linearly to exactly zero, pruned stays
+        pruned, and no warm-up L2 shrinks the teacher. `overrides` are any WIDConfig fields (targets are required, as
+        for WIDConfig). docs/method.md, "Budget mode", says why each differs from the reference.
 
             >>> c = WIDConfig.for_budget(1500, target_ratio=0.5)
             >>> c.pruning_start, c.mask_interval, c.pruning_intervals, c.mask_scoring, c.decay, c.taylor_init_batches
