@@ -182,7 +182,8 @@ class WIDConfig:
         metadata={"help": "Under mask_scoring='taylor': score a training step per compactor, the sum over the group's "
                           "compactors of each one's |sum of G*W| (the form of the teacher's initial scores, in which "
                           "signed values cannot cancel), instead of |sum over the whole group| (the first-order change "
-                          "of the loss if the index goes everywhere at once)."},
+                          "of the loss if the index goes everywhere at once). Budget mode sets it (for_budget); false "
+                          "there gives the group form it used before 2026-11-28 (docs/method.md, 'Budget mode')."},
     )
 
     def __post_init__(self):
