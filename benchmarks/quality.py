@@ -68,7 +68,8 @@ RUNS = {
     "random+mlm": dict(method="random"),
 }
 # variants of a method, run at that method's searched learning rate and left out of the default --methods
-SAME_RATE_AS = {"wid-budget-late": "wid-budget", "wid-budget-group-scores": "wid-budget", "etd-impt+mlm-warm": "etd-impt+mlm"}
+SAME_RATE_AS = {"wid-budget-late": "wid-budget", "wid-budget-group-scores": "wid-budget",
+                "etd-impt+mlm-warm": "etd-impt+mlm"}
 METHODS = [name for name in RUNS if name not in SAME_RATE_AS]
 
 
