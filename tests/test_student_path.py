@@ -183,6 +183,36 @@ def test_masked_positions_only_head_gives_the_same_loss_and_gradients(which):
         assert (grad - dict(model.named_parameters())[name].grad).abs().max() <= 1e-6, name
 
 
+@pytest.mark.parametrize("which", ["plain", "wid-soft", "wid-hard"])
+def test_a_training_forward_compiles_to_one_graph(which):
+    """Under torch.compile the forward is one graph (fullgraph: a graph break raises): the layers read the masks'
+    Python caches, filled when a mask changes, and the head's positions arrive as an index found outside the model,
+    so nothing in the forward syncs with the device. Compiled, the loss and gradients are the eager ones."""
+    if which == "plain":
+        model = tiny_teacher().train()
+    else:
+        model = get_wid_model(tiny_teacher(), WIDConfig(**SHAPE)).train()
+        perturb_compactors(model, scale=0.05)
+        model.update_masks(4) if which == "wid-soft" else model.finalize_masks()
+        assert model.masks.is_hard == (which == "wid-hard")
+    model.to(DEVICE)
+    torch._dynamo.reset()
+    # aot_eager: Dynamo's capture and AOTAutograd's tracing of the backward, without code generation (fast)
+    compiled = torch.compile(model, backend="aot_eager", fullgraph=True)
+    for seed in (1, 2):  # a second batch masks a different number of positions
+        batch = mlm_batch(seed=seed)
+        reference, _ = masked_lm_loss(model, batch)
+        reference.backward()
+        expected = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+        model.zero_grad()
+        loss, _ = masked_lm_loss(compiled, batch)
+        loss.backward()
+        assert abs(loss.item() - reference.item()) <= 1e-6
+        for name, grad in expected.items():
+            assert torch.allclose(grad, dict(model.named_parameters())[name].grad, atol=1e-6), name
+        model.zero_grad()
+
+
 def test_mlm_head_at_is_undone_and_refuses_models_without_a_head():
     model = tiny_teacher().to(DEVICE)
     batch = {k: v for k, v in mlm_batch().items() if k != "labels"}

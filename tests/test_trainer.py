@@ -181,6 +181,15 @@ def test_torch_compile_trains_the_same_run(tmp_path):
         assert torch.allclose(value, expected[key], atol=1e-3), key
 
 
+@pytest.mark.parametrize("mode", ["reduce-overhead", "max-autotune", None])
+def test_a_compile_mode_with_cuda_graphs_is_warned_about(tmp_path, mode):
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        make_trainer(tmp_path, max_steps=1, torch_compile=True, torch_compile_mode=mode)
+    about = [w for w in caught if "records CUDA graphs" in str(w.message)]
+    assert len(about) == (mode is not None)
+
+
 def test_accepts_a_wid_model_and_refuses_a_bare_teacher(tmp_path):
     model = WIDModel(tiny_teacher(), WIDConfig(**FAST))
     trainer = WIDTrainer(model=model, args=make_args(tmp_path, max_steps=2), train_dataset=mlm_dataset(),

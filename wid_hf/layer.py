@@ -20,7 +20,8 @@ class WIDMasks(nn.Module):
     and (Taylor scoring) one float buffer of accumulated importance per group.
 
     Python-side caches (kept indices, whether a group is complete, the hard flag) avoid a host-device sync per
-    forward; they are dropped whenever a mask changes or a state dict is loaded.
+    forward; they are rebuilt whenever a mask changes, a state dict is loaded or the buffers move, so a forward
+    only reads them (and `torch.compile` traces it without breaking its graph at a ``.item()``).
 
     ``student_path`` (not saved; default True) chooses how the layers compute once masks are hard: on the student
     path every layer reads and writes only the kept dims, so the model runs at the student's widths (the same
@@ -44,6 +45,17 @@ class WIDMasks(nn.Module):
         self.register_buffer("hard", torch.zeros((), dtype=torch.bool, device=device))
         self.group_names = tuple(group_sizes)
         self._cache: dict = {}
+        self._refresh()
+
+    def _refresh(self) -> None:
+        """Drop the caches and fill them again from the buffers (not on the meta device, which holds no values)."""
+        self._cache.clear()
+        if self.hard.device.type == "meta":
+            return
+        self.is_hard
+        for group in self.group_names:
+            self.is_complete(group)
+            self.kept_index(group)
 
     def score(self, group: str) -> torch.Tensor:
         """The accumulated importance of a group's indices (only with Taylor scoring)."""
@@ -55,11 +67,11 @@ class WIDMasks(nn.Module):
     def set(self, group: str, kept: torch.Tensor) -> None:
         buf = self.get(group)
         buf.copy_(kept.to(device=buf.device, dtype=torch.bool))
-        self._cache.clear()
+        self._refresh()
 
     def set_hard(self, value: bool) -> None:
         self.hard.fill_(bool(value))
-        self._cache.clear()
+        self._refresh()
 
     @property
     def is_hard(self) -> bool:
@@ -75,10 +87,9 @@ class WIDMasks(nn.Module):
         return self._cache[key]
 
     def kept_index(self, group: str) -> torch.Tensor:
-        mask = self.get(group)
-        key = ("index", group, mask.device)
+        key = ("index", group)
         if key not in self._cache:
-            self._cache[key] = mask.nonzero().flatten()
+            self._cache[key] = self.get(group).nonzero().flatten()
         return self._cache[key]
 
     def kept_count(self, group: str) -> int:
@@ -91,11 +102,12 @@ class WIDMasks(nn.Module):
 
     def _load_from_state_dict(self, *args, **kwargs):
         super()._load_from_state_dict(*args, **kwargs)
-        self._cache.clear()
+        self._refresh()
 
     def _apply(self, fn, *args, **kwargs):
-        self._cache.clear()
-        return super()._apply(fn, *args, **kwargs)
+        module = super()._apply(fn, *args, **kwargs)
+        self._refresh()
+        return module
 
 
 class _MaskUser(nn.Module):

@@ -29,7 +29,7 @@ from transformers.utils import can_return_loss, find_labels
 
 from . import checkpoint
 from .config import WIDConfig
-from .mlm import masked_lm_loss
+from .mlm import masked_lm_loss, warn_if_cuda_graphs
 from .model import WIDModel, get_wid_model
 from .pruner import initial_taylor_scores
 from .resume import ExactResumeMixin
@@ -117,6 +117,7 @@ class WIDTrainer(ExactResumeMixin, Trainer):
         if args is None:
             args = WIDTrainingArguments(output_dir="tmp_wid_trainer")
         super().__init__(model, args, *pargs, **kwargs)
+        warn_if_cuda_graphs(self)
         if self.is_deepspeed_enabled or self.is_fsdp_enabled:
             raise ValueError(
                 "WIDTrainer does not support DeepSpeed or FSDP: mask selection needs every compactor whole on every "

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import Trainer
 
-from ..mlm import masked_lm_loss, mlm_head, mlm_head_at
+from ..mlm import masked_lm_loss, mlm_head, mlm_head_at, warn_if_cuda_graphs
 from ..resume import ExactResumeMixin
 from ..utils import unwrap_model
 from .etd import uniform_layers
@@ -95,6 +95,7 @@ class DistillationTrainer(ExactResumeMixin, Trainer):
         term (1 - alpha weighs the hard masked-LM loss); `layer_map`: teacher layer per student layer (default:
         uniform, last to last); `attention_layers`: attention transfer on the "last" or "all" mapped layers."""
         super().__init__(model, args, *pargs, **kwargs)
+        warn_if_cuda_graphs(self)
         if objective not in OBJECTIVES:
             raise ValueError(f"objective must be one of {OBJECTIVES}, got {objective!r}")
         if objective != "mlm" and teacher is None:
