@@ -10,6 +10,7 @@ micro-batches) are counted with `torch.utils.flop_counter`. Ratios are to the pl
     python benchmarks/step_speed.py --shapes minilm --batches 8 --repeats 5
     python benchmarks/step_speed.py --device cuda --dtype bf16       # on a GPU machine: CUDA, bf16 autocast
     python benchmarks/step_speed.py --shapes minilm --batches 8 --accumulation 4 [--no-fold-once]
+    python benchmarks/step_speed.py --device cuda --optimizer fused --no-before --compile default  # torch.compile
 
 "before" rows are the code as it was: the full path under hard masks (teacher-size R·W·L products, masks
 multiplied in) and the MLM head at every position (transformers' own loss). "wid-hard-whole" is the student path
@@ -51,8 +52,9 @@ def target_widths(shape: str, target: str) -> tuple[int, int]:
 MODES = ("teacher", "student", "wid-pruning", "wid-hard", "wid-hard-whole")
 
 
-def plan(shapes, batches, modes=MODES) -> list[dict]:
-    """The configurations to measure: (mode, target, before) per shape and batch."""
+def plan(shapes, batches, modes=MODES, before=True) -> list[dict]:
+    """The configurations to measure: (mode, target, before) per shape and batch. ``before=False`` drops the rows of
+    the code as it was, except the plain teacher with transformers' own loss, the reference of every ratio."""
     runs = []
     for shape in shapes:
         targets = ["half", "wid11"] if shape == "base" else ["half"]
@@ -66,7 +68,7 @@ def plan(shapes, batches, modes=MODES) -> list[dict]:
             runs += [dict(common, mode="wid-hard", target="half", before=True)]
             runs += [dict(common, mode="wid-hard-whole", target="half", before=False)]
             runs += [dict(common, mode="wid-hard", target=t, before=False) for t in targets]
-    return [r for r in runs if r["mode"] in modes]
+    return [r for r in runs if r["mode"] in modes and (before or not r["before"] or r["mode"] == "teacher")]
 
 
 def worker(args) -> dict:
@@ -97,6 +99,9 @@ def worker(args) -> dict:
             model.finalize_masks()
             model.student_path = not args.before
     model.to(device).train()
+    # --compile: the model runs through torch.compile (Trainer's torch_compile / torch_compile_mode); the FLOPs are
+    # counted on the eager module, which does the same products
+    run_model = torch.compile(model, mode=None if args.compile == "default" else args.compile) if args.compile else model
     g = torch.Generator().manual_seed(0)
     ids = torch.randint(1000, 30522, (args.batch, args.seq), generator=g)
     labels = torch.full_like(ids, -100)
@@ -114,7 +119,7 @@ def worker(args) -> dict:
 
     def forward_backward():
         with autocast:
-            loss = model(**batch).loss if args.before else masked_lm_loss(model, batch)[0]
+            loss = run_model(**batch).loss if args.before else masked_lm_loss(run_model, batch)[0]
         loss.backward()
 
     reuse = args.accumulation > 1 and args.fold_once and hasattr(model, "accumulating")
@@ -127,6 +132,8 @@ def worker(args) -> dict:
 
     def step():
         optimizer.zero_grad(set_to_none=True)
+        if args.compile:
+            torch.compiler.cudagraph_mark_step_begin()  # reduce-overhead: a new step may overwrite graph outputs
         micro_batches()
         optimizer.step()
 
@@ -134,7 +141,12 @@ def worker(args) -> dict:
         if device.type == "cuda":
             torch.cuda.synchronize()
 
-    step()  # warm-up: allocations, AdamW state
+    sync()
+    t0 = time.perf_counter()
+    for _ in range(3 if args.compile else 1):  # warm-up: allocations, AdamW state; compiling and recording graphs
+        step()
+    sync()
+    warmup_s = time.perf_counter() - t0
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
     times = []
@@ -144,7 +156,13 @@ def worker(args) -> dict:
         step()
         sync()
         times.append(time.perf_counter() - t0)
-    result = {"step_s": statistics.median(times), "times": times, "adamw": implementation}
+    result = {"step_s": statistics.median(times), "times": times, "adamw": implementation, "warmup_s": warmup_s}
+    if args.compile:  # whether the compiled step is whole: graphs, graph breaks, steps that skipped CUDA graphs
+        from torch._dynamo.utils import counters
+
+        result["compile_stats"] = {"graphs": counters["stats"]["unique_graphs"],
+                                   "graph_breaks": sum(counters["graph_break"].values()),
+                                   "cudagraph_skips": counters["inductor"]["cudagraph_skips"]}
     if device.type == "cuda":
         result["peak_mib"] = torch.cuda.max_memory_allocated() / 2**20
     else:
@@ -162,6 +180,7 @@ def worker(args) -> dict:
     optimizer.zero_grad(set_to_none=True)
     counter = FlopCounterMode(display=False)
     with counter:
+        run_model = model  # the closures above read it: count on the eager module
         micro_batches()
     result["gflop"] = counter.get_total_flops() / 1e9
     return result
@@ -198,7 +217,7 @@ def projections(rows: list[dict]) -> list[dict]:
             teacher = cost("base", batch, "teacher", "half", True)
             if teacher is not None:
                 entry["plain_teacher"] = REFERENCE_TOTAL_STEPS * teacher
-            if "before" in entry:
+            if "before" in entry or "after" in entry:
                 out.append(entry)
     dims = TeacherDims(384, 1536, 12)
     for steps in BUDGET_STEPS:
@@ -213,7 +232,7 @@ def projections(rows: list[dict]) -> list[dict]:
         student = cost("minilm", 8, "student", "half", False)
         if student is not None:
             entry["plain_student"] = steps * student
-        if "before" in entry:
+        if "before" in entry or "after" in entry:
             out.append(entry)
     return out
 
@@ -246,12 +265,15 @@ def write_results(rows, meta, out_dir, name) -> str:
     for p in proj:
         ref = (f"plain teacher {_hours(p['plain_teacher'])}" if "plain_teacher" in p
                else f"plain student {_hours(p['plain_student'])}" if "plain_student" in p else "")
-        after = p.get("after")
-        plines.append(f"| {p['run']} | step {p['hard_mask_step']:,} | {_hours(p['before'])} | "
-                      f"{_hours(after) if after else '-'} | {p['before'] / after:.2f}× | {ref} |" if after else
-                      f"| {p['run']} | step {p['hard_mask_step']:,} | {_hours(p['before'])} | - | - | {ref} |")
+        before, after = p.get("before"), p.get("after")
+        plines.append(f"| {p['run']} | step {p['hard_mask_step']:,} | {_hours(before) if before else '-'} | "
+                      f"{_hours(after) if after else '-'} | {f'{before / after:.2f}×' if before and after else '-'} | "
+                      f"{ref} |")
     adamw = ", ".join(sorted({r.get("adamw", "not recorded") for r in rows}))
-    text = (f"Measured {time.strftime('%Y-%m-%d')} on {meta}. AdamW implementation: {adamw}.\n\n"
+    compiled = (f" Every model, the teacher included, ran through torch.compile (mode {meta['compile']}); the warm-up "
+                "(compiling, recording graphs) is excluded from s/step and recorded as warmup_s in the JSON."
+                if meta.get("compile") else "")
+    text = (f"Measured {time.strftime('%Y-%m-%d')} on {meta}. AdamW implementation: {adamw}.{compiled}\n\n"
             "× teacher: step time over the plain teacher's (transformers' own MLM loss, head at every position), "
             "measured in the same run. FLOP ratio: the same for counted FLOPs; share of FLOP bound = FLOP ratio / "
             "time ratio (100%: the run is exactly as fast as its FLOPs allow, relative to the teacher). Peak memory: "
@@ -285,6 +307,11 @@ def main():
                         help="micro-batches per optimizer step (gradient accumulation); step times are per optimizer step")
     parser.add_argument("--no-fold-once", dest="fold_once", action="store_false",
                         help="with --accumulation: fold every layer in every micro-batch (the code before FoldReuse)")
+    parser.add_argument("--compile", choices=["default", "reduce-overhead", "max-autotune"], default=None,
+                        help="run every model through torch.compile in this mode (reduce-overhead: CUDA graphs); "
+                             "ratios are then to the compiled teacher")
+    parser.add_argument("--no-before", dest="with_before", action="store_false",
+                        help="skip the rows of the code as it was (the plain teacher's stays: ratios are to it)")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--shape", default="base", help=argparse.SUPPRESS)
     parser.add_argument("--mode", default="teacher", help=argparse.SUPPRESS)
@@ -306,8 +333,9 @@ def main():
         with open(partial) as f:
             done = [json.loads(line) for line in f if line.strip()]
     rows = []
-    for run in plan(args.shapes, args.batches, args.modes):
-        settings = dict(seq=args.seq, accumulation=args.accumulation, optimizer=args.optimizer, fold_once=args.fold_once)
+    for run in plan(args.shapes, args.batches, args.modes, before=args.with_before):
+        settings = dict(seq=args.seq, accumulation=args.accumulation, optimizer=args.optimizer, fold_once=args.fold_once,
+                        compile=args.compile)
         previous = next((r for r in done if all(r.get(k) == v for k, v in {**run, **settings}.items())), None)
         if previous is not None:
             rows.append(previous)
@@ -318,6 +346,8 @@ def main():
                "--optimizer", args.optimizer, "--accumulation", str(args.accumulation)]
         if not args.fold_once:
             cmd.append("--no-fold-once")
+        if args.compile:
+            cmd += ["--compile", args.compile]
         if run["before"]:
             cmd.append("--before")
         out = subprocess.run(cmd, capture_output=True, text=True)
@@ -333,7 +363,7 @@ def main():
 
     meta = {"torch": torch.__version__, "threads": torch.get_num_threads(), "cpu_count": os.cpu_count(),
             "device": args.device, "dtype": args.dtype, "repeats": args.repeats, "optimizer": args.optimizer,
-            "accumulation": args.accumulation, "fold_once": args.fold_once}
+            "accumulation": args.accumulation, "fold_once": args.fold_once, "compile": args.compile}
     if args.device.startswith("cuda"):
         meta["gpu"] = torch.cuda.get_device_name()
     print(write_results(rows, meta, args.out, name))

@@ -79,3 +79,18 @@ def test_schedule_projections_use_every_measured_batch():
     assert entry["before"] == pytest.approx(8_500 * 0.33 + 391_500 * 0.34)
     assert entry["after"] == pytest.approx(8_500 * 0.28 + 391_500 * 0.08)
     assert entry["plain_teacher"] == pytest.approx(400_000 * 0.25)
+
+
+def test_without_the_rows_of_the_code_as_it_was_the_teachers_reference_stays_and_projections_are_made():
+    """--no-before measures the code as it is; the plain teacher's transformers-loss row (every ratio's reference)
+    stays, and the WID11 projection is made from the "after" rows alone."""
+    sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+    import step_speed
+
+    runs = step_speed.plan(["base"], [8], before=False)
+    assert [(r["mode"], r["before"]) for r in runs if r["before"]] == [("teacher", True)]
+    assert {r["mode"] for r in runs} == set(step_speed.MODES)
+    rows = [dict(r, step_s=0.1 if r["mode"] == "wid-pruning" else 0.05) for r in runs]
+    (entry, *budget) = step_speed.projections(rows)
+    assert "before" not in entry and entry["after"] == pytest.approx(8_500 * 0.1 + 391_500 * 0.05)
+    assert budget == []  # no MiniLM rows: no budget-mode projection
