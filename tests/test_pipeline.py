@@ -188,6 +188,10 @@ def test_etd_importance_sample_has_the_batches_asked_for():
     # taylor_per_compactor (it was at WIDConfig's default, False) and must not resume as today's budget mode
     (dict(taylor_per_compactor=False), "taylor_per_compactor: False then, True now",
      ["--taylor_per_compactor", "False"]),
+    # explicit sizes then, the default ratio now: a field unset on one side is called so, and has no flag
+    (dict(target_hidden_size=96, target_intermediate_size=384), "target_hidden_size: 96 then, unset now, "
+     "target_intermediate_size: 384 then, unset now, target_ratio: unset then, 0.5 now",
+     ["--target_hidden_size", "96", "--target_intermediate_size", "384"]),
 ])
 def test_a_changed_wid_setting_names_the_flags_that_resume_the_earlier_job(tmp_path, earlier, message, flags):
     earlier = Job.create(output_dir=str(tmp_path), max_steps=300, **earlier)

@@ -351,9 +351,15 @@ def _wid_changes(previous: dict, current: dict) -> str:
     if not keys:
         return ""
     before = {k: previous.get(k, _WID_DEFAULTS.get(k)) for k in keys}
-    return ("; WIDConfig " + ", ".join(f"{k}: {before[k]!r} then, {current.get(k, _WID_DEFAULTS.get(k))!r} now"
+
+    def shown(value):
+        return "unset" if value is None else repr(value)
+
+    # a field unset then (None: e.g. the sizes when the earlier job gave a ratio) has no flag to give
+    return ("; WIDConfig " + ", ".join(f"{k}: {shown(before[k])} then, {shown(current.get(k, _WID_DEFAULTS.get(k)))} now"
                                        for k in keys)
-            + "; to resume, give the earlier values: " + " ".join(f"--{k} {before[k]}" for k in keys))
+            + "; to resume, give the earlier values: "
+            + " ".join(f"--{k} {before[k]}" for k in keys if before[k] is not None))
 
 
 def _check_output_dir(job: Job) -> None:
