@@ -39,9 +39,10 @@ def test_demo_job_keeps_the_identity_of_earlier_job_directories():
     assert (wid55["learning_rate"], wid55["compactor_learning_rate"], wid55["max_steps"]) == (1e-6, 5e-5, 400_000)
     # --warmup_steps joins the identity only when given (earlier directories keep theirs), and reaches the Trainer
     assert "warmup_steps" not in Job.create(output_dir="x").identity()
-    # ETD-Impt's importance sample: in the identity only when not the default, so earlier directories resume
-    assert "importance_batches" not in Job.create(output_dir="x", method="etd-impt").identity()
-    assert Job.create(output_dir="x", method="etd-impt", importance_batches=64).identity()["importance_batches"] == 64
+    # ETD-Impt's importance sample: 64 by default, in the identity unless it is 16 (the default until 2026-11-28), so
+    # earlier directories resume as they ran and are not taken for today's default
+    assert Job.create(output_dir="x", method="etd-impt").identity()["importance_batches"] == 64
+    assert "importance_batches" not in Job.create(output_dir="x", method="etd-impt", importance_batches=16).identity()
     warm = Job.create(output_dir="x", method="etd-impt", warmup_steps=0.1)
     assert warm.identity()["warmup_steps"] == 0.1
     assert warm.training_arguments("x").warmup_steps == 0.1
@@ -203,6 +204,20 @@ def test_a_changed_wid_setting_names_the_flags_that_resume_the_earlier_job(tmp_p
     # the flags it prints parse back to the earlier job, and with them the directory resumes
     given = parse_dataclass_command("compress", ["--output_dir", str(tmp_path), "--max_steps", "300", *flags])
     assert Job.create(**given).identity() == earlier.identity()
+    _check_output_dir(Job.create(**given))
+
+
+def test_an_etd_impt_directory_of_the_earlier_default_names_the_flag_that_resumes_it(tmp_path):
+    earlier = Job.create(output_dir=str(tmp_path), method="etd-impt")
+    identity = {k: v for k, v in earlier.identity().items() if k != "importance_batches"}  # as written before 64
+    (tmp_path / "checkpoints" / "checkpoint-18").mkdir(parents=True)
+    (tmp_path / "job.json").write_text(json.dumps({"identity": identity}))
+    with pytest.raises(JobMismatchError, match=re.escape("(changed: importance_batches; importance_batches: 16 then, "
+                                                         "64 now; to resume, give --importance_batches 16)")):
+        _check_output_dir(Job.create(output_dir=str(tmp_path), method="etd-impt"))
+    given = parse_dataclass_command("baseline", ["--output_dir", str(tmp_path), "--method", "etd-impt",
+                                                 "--importance_batches", "16"])
+    assert Job.create(**given).identity() == identity
     _check_output_dir(Job.create(**given))
 
 

@@ -39,7 +39,7 @@ from dataclasses import dataclass, field
 from typing import Optional
 
 from . import __version__
-from .config import BUDGET_HARD_MASK_AT, BUDGET_TAYLOR_INIT_BATCHES, PRESETS, TeacherDims, WIDConfig
+from .config import BUDGET_HARD_MASK_AT, PRESETS, TeacherDims, WIDConfig
 
 logger = logging.getLogger(__name__)
 
@@ -70,7 +70,11 @@ BUDGET_PRESET = "demo"
 # steps (docs/method.md, "Budget mode").
 BUDGET_LEARNING_RATE = 1e-3
 BUDGET_COMPACTOR_LEARNING_RATE = 1e-4
-ETD_IMPORTANCE_BATCHES = BUDGET_TAYLOR_INIT_BATCHES  # ETD-Impt scores on as many batches as budget mode starts from
+# ETD-Impt's importance sample: 64 batches scored higher on the validation split than 16 (budget mode's
+# taylor_init_batches) at 120 and 600 steps on each of three seeds (benchmarks/results/seeds-importance-64.md); for
+# budget mode's start 64 measured level at 120 steps and costs a longer scoring pass, so it keeps 16.
+ETD_IMPORTANCE_BATCHES = 64
+ETD_IMPORTANCE_BATCHES_BEFORE = 16  # the default until 2026-11-28: job directories that record none used it
 
 
 def budget_schedule(max_steps: int) -> dict:
@@ -125,8 +129,8 @@ class JobArguments:
                 "earlier and later measured."})
     importance_batches: int = field(default=ETD_IMPORTANCE_BATCHES, metadata={
         "help": "ETD-Impt: training batches (of --per_device_train_batch_size) that its first-order importance is "
-                "summed over, a seeded sample of the corpus (default: as many as budget mode's "
-                "taylor_init_batches)."})
+                f"summed over, a seeded sample of the corpus (default {ETD_IMPORTANCE_BATCHES}; "
+                f"{ETD_IMPORTANCE_BATCHES_BEFORE} until 2026-11-28, measured lower on the validation split)."})
     overwrite_output_dir: bool = field(default=False, metadata={
         "aliases": ["--overwrite"], "help": "Delete what --output_dir holds and start over."})
 
@@ -303,7 +307,9 @@ class Job:
             identity["warmup_steps"] = t.warmup_steps
         if j.method != "wid":
             identity["method"] = j.method
-        if j.method == "etd-impt" and j.importance_batches != ETD_IMPORTANCE_BATCHES:  # earlier directories resume
+        # recorded unless it is the earlier default: directories of earlier ETD-Impt jobs resume as they ran, and
+        # refuse to resume under today's default
+        if j.method == "etd-impt" and j.importance_batches != ETD_IMPORTANCE_BATCHES_BEFORE:
             identity["importance_batches"] = j.importance_batches
         if d.validation_sequences:
             identity["validation_sequences"] = d.validation_sequences
@@ -362,6 +368,17 @@ def _wid_changes(previous: dict, current: dict) -> str:
             + " ".join(f"--{k} {before[k]}" for k in keys if before[k] is not None))
 
 
+def _importance_change(previous: dict, current: dict) -> str:
+    """ETD-Impt's importance sample, if it differs, with the flag that resumes the earlier job (an identity without
+    it used 16, the default until 2026-11-28)."""
+    if current.get("method") != "etd-impt" or previous.get("method") != "etd-impt":
+        return ""
+    then, now = (i.get("importance_batches", ETD_IMPORTANCE_BATCHES_BEFORE) for i in (previous, current))
+    if then == now:
+        return ""
+    return f"; importance_batches: {then} then, {now} now; to resume, give --importance_batches {then}"
+
+
 def _check_output_dir(job: Job) -> None:
     path = os.path.join(job.output_dir, "job.json")
     if os.path.exists(job.output_dir) and not os.path.isdir(job.output_dir):
@@ -380,8 +397,8 @@ def _check_output_dir(job: Job) -> None:
             changed = sorted(k for k in set(previous) | set(current) if previous.get(k) != current.get(k))
             raise JobMismatchError(
                 f"{job.output_dir} holds the checkpoint of a different job (changed: {', '.join(changed)}"
-                f"{_wid_changes(previous.get('wid', {}), current['wid'])}); use another --output_dir, or --overwrite "
-                "to start over there.")
+                f"{_wid_changes(previous.get('wid', {}), current['wid'])}{_importance_change(previous, current)}); use "
+                "another --output_dir, or --overwrite to start over there.")
     elif os.path.isdir(job.output_dir) and os.listdir(job.output_dir) and not overwrite:
         raise JobMismatchError(f"{job.output_dir} exists and is not a wid-hf job directory; use an empty or new "
                                "--output_dir.")
