@@ -161,15 +161,20 @@ def test_the_cheapest_order_is_chosen():
     assert min(dense, key=dense.get) == "fold"
 
 
+def training_model(which):
+    """A plain teacher, or a WID model while pruning (soft masks) or under hard masks, on DEVICE."""
+    if which == "plain":
+        return tiny_teacher().train().to(DEVICE)
+    model = get_wid_model(tiny_teacher(), WIDConfig(**SHAPE)).train()
+    perturb_compactors(model, scale=0.05)
+    model.update_masks(4) if which == "wid-soft" else model.finalize_masks()
+    assert model.masks.is_hard == (which == "wid-hard")
+    return model.to(DEVICE)
+
+
 @pytest.mark.parametrize("which", ["plain", "wid-soft", "wid-hard"])
 def test_masked_positions_only_head_gives_the_same_loss_and_gradients(which):
-    if which == "plain":
-        model = tiny_teacher().train()
-    else:
-        model = get_wid_model(tiny_teacher(), WIDConfig(**SHAPE)).train()
-        perturb_compactors(model, scale=0.05)
-        model.update_masks(4) if which == "wid-soft" else model.finalize_masks()
-    model.to(DEVICE)
+    model = training_model(which)
     batch = mlm_batch()
     reference = model(**batch).loss
     reference.backward()
@@ -188,14 +193,7 @@ def test_a_training_forward_compiles_to_one_graph(which):
     """Under torch.compile the forward is one graph (fullgraph: a graph break raises): the layers read the masks'
     Python caches, filled when a mask changes, and the head's positions arrive as an index found outside the model,
     so nothing in the forward syncs with the device. Compiled, the loss and gradients are the eager ones."""
-    if which == "plain":
-        model = tiny_teacher().train()
-    else:
-        model = get_wid_model(tiny_teacher(), WIDConfig(**SHAPE)).train()
-        perturb_compactors(model, scale=0.05)
-        model.update_masks(4) if which == "wid-soft" else model.finalize_masks()
-        assert model.masks.is_hard == (which == "wid-hard")
-    model.to(DEVICE)
+    model = training_model(which)
     torch._dynamo.reset()
     # aot_eager: Dynamo's capture and AOTAutograd's tracing of the backward, without code generation (fast)
     compiled = torch.compile(model, backend="aot_eager", fullgraph=True)
