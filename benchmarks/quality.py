@@ -32,7 +32,8 @@ fine-tuning, and writes ablations.{json,md} beside the method's own row of quali
 validation split. `--seed N` runs everything with another training seed (work folders get a -seedN suffix).
 `--sweep-chart` draws budget_sweep.{png,md} from every quality-<steps>.json; `--seeds-table OUT FILE...` writes
 seeds-<steps>.{json,md} (into the folder OUT, or as OUT.{json,md}) from runs of one budget with different --seed
-values. Run it in the background:
+values; `--seeds-sweep-chart OUT FILE...` draws OUT.{png,md} from such seeds tables, one per budget. Run it in the
+background:
 
     nohup python benchmarks/quality.py --search --steps 120 --methods wid-budget etd-impt+mlm > runs/search.log 2>&1 &
     nohup python benchmarks/quality.py --steps 600 --methods wid-budget etd-impt+mlm > runs/q600.log 2>&1 &
@@ -475,10 +476,77 @@ def seeds_table(out, paths):
                 + "\n".join(rows) + "\n")
 
 
+def seeds_sweep_chart(out, paths):
+    """`out`.{md,png}: the budget sweep over training seeds, from seeds tables (`--seeds-table`, one per budget):
+    mean ± std of held-out and validation masked-LM accuracy against steps, and held-out against mean wall time, for
+    every method the tables hold (a method missing from a budget has no point there)."""
+    import statistics
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import matplotlib.ticker
+
+    missing = [p for p in paths if not os.path.isfile(p)]
+    if not paths or missing:
+        raise SystemExit(f"--seeds-sweep-chart OUT FILE...: give one seeds table (--seeds-table) per budget; not found: "
+                         f"{missing}")
+    tables = sorted((_load(p, {}) for p in paths), key=lambda t: t["steps"])
+    budgets = [t["steps"] for t in tables]
+    if len(set(budgets)) != len(budgets):
+        raise SystemExit(f"--seeds-sweep-chart needs one seeds table per budget, got steps {budgets}")
+
+    def spread(values):
+        return statistics.mean(values), statistics.stdev(values) if len(values) > 1 else 0.0
+
+    series = {}  # method -> [(steps, seeds, held-out (mean, std), validation (mean, std), mean train s)]
+    for t in tables:
+        for name, by_seed in t["methods"].items():
+            runs = [by_seed[s] for s in sorted(by_seed, key=int)]
+            series.setdefault(name, []).append((
+                t["steps"], len(runs), spread([r["heldout"]["mlm_accuracy"] for r in runs]),
+                spread([r["validation"]["mlm_accuracy"] for r in runs]),
+                statistics.mean(r["train_seconds"] for r in runs)))
+    rows = ["| method | " + " | ".join(f"{s} steps: held-out / validation (train s)" for s in budgets) + " |",
+            "|---|" + "---|" * len(budgets)]
+    for name, points in series.items():
+        cells = {s: f"{h[0]:.3f} ± {h[1]:.3f} / {v[0]:.3f} ± {v[1]:.3f} ({sec:.0f}; {n} seeds)"
+                 for s, n, h, v, sec in points}
+        rows.append(f"| {name} | " + " | ".join(cells.get(s, "-") for s in budgets) + " |")
+    with open(out + ".md", "w") as f:
+        f.write("Masked-LM accuracy by training budget over training seeds (mean ± std): held-out (BBC News, decides "
+                "nothing) / validation (held back from the training corpus, decides); mean training seconds and the "
+                "number of seeds in brackets. From: " + ", ".join(os.path.basename(p) for p in paths) + ".\n\n"
+                + "\n".join(rows) + "\n")
+    fig, (ax_v, ax_s, ax_t) = plt.subplots(1, 3, figsize=(16, 4.2))
+    for name, points in series.items():
+        steps, _, held, val, seconds = zip(*points)
+        line = ax_s.errorbar(steps, [h[0] for h in held], yerr=[h[1] for h in held], marker="o", capsize=3,
+                             label=name)
+        color = line[0].get_color()
+        ax_v.errorbar(steps, [v[0] for v in val], yerr=[v[1] for v in val], marker="o", capsize=3, color=color)
+        ax_t.errorbar(seconds, [h[0] for h in held], yerr=[h[1] for h in held], marker="o", capsize=3, color=color)
+    for ax, title in ((ax_v, "Validation (training domain), equal steps"), (ax_s, "Held-out (BBC News), equal steps")):
+        ax.set(xscale="log", xlabel="optimizer steps (8 x 128)", ylabel="MLM accuracy", title=title)
+        ax.set_xticks(budgets, [str(s) for s in budgets])
+        ax.minorticks_off()
+    ax_t.set(xscale="log", xlabel="mean training wall time, s (2 CPU cores)", title="Held-out, equal wall time")
+    ax_t.xaxis.set_major_locator(matplotlib.ticker.LogLocator(subs=(1, 2, 5)))  # 50, 100, 200, ... in plain numbers
+    ax_t.xaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
+    ax_t.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+    ax_s.legend(fontsize="small", loc="upper left")
+    fig.tight_layout()
+    fig.savefig(out + ".png", dpi=110)
+    plt.close(fig)
+
+
 if __name__ == "__main__":
     if sys.argv[1:2] == ["--sweep-chart"]:  # budget_sweep.{md,png} from the quality-<steps>.json files
         sweep_chart(sys.argv[2] if len(sys.argv) > 2 else os.path.join(HERE, "results"))
     elif sys.argv[1:2] == ["--seeds-table"]:  # --seeds-table OUT quality-<steps>.json [...]: one per seed
         seeds_table(sys.argv[2], sys.argv[3:])
+    elif sys.argv[1:2] == ["--seeds-sweep-chart"]:  # --seeds-sweep-chart OUT seeds-<steps>.json [...]: one per budget
+        seeds_sweep_chart(sys.argv[2], sys.argv[3:])
     else:
         main()

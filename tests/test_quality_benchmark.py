@@ -108,3 +108,11 @@ def test_quality_benchmark_smoke(tmp_path):
     assert table["wid-budget"]["0"]["heldout"] == results["methods"]["wid-budget"]["heldout"]
     assert set(table["wid-budget"]) == {"0", "1"} and "wid-budget-late" not in table  # only in one of the runs
     assert "| wid-budget |" in (tmp_path / "two-seeds.md").read_text()
+    # the sweep over seeds, from seeds tables (one budget here): mean ± std of each method, and the chart
+    chart = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "quality.py"), "--seeds-sweep-chart",
+                            str(tmp_path / "sweep-seeds"), str(tmp_path / "two-seeds.json")],
+                           capture_output=True, text=True, timeout=300, env=env)
+    assert chart.returncode == 0, chart.stderr[-4000:]
+    held = [table["wid-budget"][s]["heldout"]["mlm_accuracy"] for s in ("0", "1")]
+    assert f"| wid-budget | {sum(held) / 2:.3f} ± " in (tmp_path / "sweep-seeds.md").read_text()
+    assert (tmp_path / "sweep-seeds.png").is_file()
