@@ -72,7 +72,7 @@ BUDGET_LEARNING_RATE = 1e-3
 BUDGET_COMPACTOR_LEARNING_RATE = 1e-4
 # ETD-Impt's importance sample: 64 batches scored higher on the validation split than 16 (budget mode's
 # taylor_init_batches) at 120 and 600 steps on each of three seeds (benchmarks/results/seeds-importance-64.md); for
-# budget mode's start 64 measured level at 120 steps and costs a longer scoring pass, so it keeps 16.
+# budget mode's start 64 measured level at 120 steps, behind at 600 and costs a longer scoring pass, so it keeps 16.
 ETD_IMPORTANCE_BATCHES = 64
 ETD_IMPORTANCE_BATCHES_BEFORE = 16  # the default until 2026-11-28: job directories that record none used it
 
