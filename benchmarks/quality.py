@@ -431,13 +431,18 @@ def sweep_chart(out):
     plt.close(fig)
 
 
+def _mean_std(values):
+    """Mean and sample standard deviation (0 for a single value) of runs over seeds."""
+    import statistics
+
+    return statistics.mean(values), statistics.stdev(values) if len(values) > 1 else 0.0
+
+
 def seeds_table(out, paths):
     """seeds-<steps>.{json,md}: the same budget run with several --seed values (one quality-<steps>.json each, e.g.
     from `--seed 1 --out DIR`), masked-LM accuracy as mean ± std over the seeds and per seed, for every method that
     every run holds, but the teacher. `out` is a folder (the files go inside it) or a file stem (`out`.json /
     `out`.md)."""
-    import statistics
-
     missing = [p for p in paths if not os.path.isfile(p)]
     if not paths or missing:
         raise SystemExit(f"--seeds-table OUT FILE...: give one quality-<steps>.json per seed; not found: {missing}")
@@ -456,8 +461,8 @@ def seeds_table(out, paths):
     _save(stem + ".json", table)
 
     def spread(values, digits=3):
-        std = statistics.stdev(values) if len(values) > 1 else 0.0
-        return f"{statistics.mean(values):.{digits}f} ± {std:.{digits}f}"
+        mean, std = _mean_std(values)
+        return f"{mean:.{digits}f} ± {std:.{digits}f}"
 
     rows = ["| method | validation acc | validation loss | held-out acc | held-out per seed | train s per seed |",
             "|---|---|---|---|---|---|"]
@@ -497,16 +502,13 @@ def seeds_sweep_chart(out, paths):
     if len(set(budgets)) != len(budgets):
         raise SystemExit(f"--seeds-sweep-chart needs one seeds table per budget, got steps {budgets}")
 
-    def spread(values):
-        return statistics.mean(values), statistics.stdev(values) if len(values) > 1 else 0.0
-
     series = {}  # method -> [(steps, seeds, held-out (mean, std), validation (mean, std), mean train s)]
     for t in tables:
         for name, by_seed in t["methods"].items():
             runs = [by_seed[s] for s in sorted(by_seed, key=int)]
             series.setdefault(name, []).append((
-                t["steps"], len(runs), spread([r["heldout"]["mlm_accuracy"] for r in runs]),
-                spread([r["validation"]["mlm_accuracy"] for r in runs]),
+                t["steps"], len(runs), _mean_std([r["heldout"]["mlm_accuracy"] for r in runs]),
+                _mean_std([r["validation"]["mlm_accuracy"] for r in runs]),
                 statistics.mean(r["train_seconds"] for r in runs)))
     rows = ["| method | " + " | ".join(f"{s} steps: held-out / validation (train s)" for s in budgets) + " |",
             "|---|" + "---|" * len(budgets)]
