@@ -193,7 +193,8 @@ def main():
     p.add_argument("--ffn", type=int, default=768)
     p.add_argument("--search", action="store_true", help="run the learning-rate search at --steps and stop")
     p.add_argument("--lr-grid", type=float, nargs="+", default=[2e-4, 5e-4, 1e-3])
-    p.add_argument("--lr-from", help="lr_search JSON whose choices to use (default: lr_search-120.json, if there)")
+    p.add_argument("--lr-from", help="lr_search JSON whose choices to use (default: --out's lr_search-<steps>.json "
+                                     "where there is one, then lr_search-120.json)")
     p.add_argument("--lr", type=float, default=5e-4, help="learning rate of a method the search did not cover")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--save-steps", type=int, default=50, help="checkpoint interval (each run resumes)")
@@ -218,14 +219,26 @@ def main():
     os.makedirs(a.out, exist_ok=True)
     if a.search:
         return search(a)
-    chosen = _load(a.lr_from or os.path.join(a.out, "lr_search-120.json"), {}).get("chosen", {})
     if a.ablation:
-        return ablations(a, chosen)
+        return ablations(a)
     for steps in a.steps:
-        run_budget(a, steps, chosen)
+        run_budget(a, steps)
 
 
-def ablations(a, chosen):
+def rate(a, name, steps):
+    """A method's learning rate at `steps`: from --lr-from if given, else from the searches in --out, the one at these
+    steps (lr_search-<steps>.json) before the one at 120; a method's own choice before that of the method whose rate
+    it shares (SAME_RATE_AS); --lr for a method no search covered."""
+    files = [a.lr_from] if a.lr_from else [os.path.join(a.out, f"lr_search-{n}.json") for n in (steps, 120)]
+    for path in files:
+        chosen = _load(path, {}).get("chosen", {})
+        for key in (name, SAME_RATE_AS.get(name, name)):
+            if key in chosen:
+                return chosen[key]
+    return a.lr
+
+
+def ablations(a):
     """Each --ablation at each --steps against its method's run in quality-<steps>.json (same setup and rate). The
     decision to adopt an option is taken on the validation split; held-out numbers are recorded, not used."""
     path = os.path.join(a.out, "ablations.json")
@@ -235,7 +248,7 @@ def ablations(a, chosen):
             key = f"{name}@{steps}"
             base, settings = ablation_settings(name, steps)  # as run at these steps
             if key not in found["runs"]:
-                lr = chosen.get(SAME_RATE_AS.get(base, base), a.lr)  # a variant runs at its method's rate
+                lr = rate(a, base, steps)  # a variant runs at its method's rate
                 report = run_method(base, a, steps, lr, a.workdir, ablation=name)
                 found["runs"][key] = {
                     "option": name, "method": base, "settings": settings, "steps": steps, "learning_rate": lr,
@@ -270,7 +283,7 @@ def ablations(a, chosen):
                 "rate; decided on the validation split).\n\n" + notes + "\n".join(rows) + "\n")
 
 
-def run_budget(a, steps, chosen):
+def run_budget(a, steps):
     from wid_hf.finetune import finetune_eval
 
     path = os.path.join(a.out, f"quality-{steps}.json")
@@ -309,7 +322,7 @@ def run_budget(a, steps, chosen):
     for name in a.methods:
         if name in results["methods"]:
             continue  # finished in an earlier run
-        lr = chosen.get(SAME_RATE_AS.get(name, name), a.lr)
+        lr = rate(a, name, steps)
         report = run_method(name, a, steps, lr, a.workdir)
         results["vocab_size"] = report["teacher"].get("vocab_size", 30522)
         if "teacher" not in results["methods"]:
@@ -348,8 +361,10 @@ def write_table_and_chart(results, out, steps):
             f"torch {results['torch']}. "
             + (f"Fine-tuning: {s['finetune_epochs']:g} epochs on at most {s['finetune_max_train']} examples, seeds "
                f"{s['finetune_seeds']} (mean ± std)." if tasks else "No fine-tuning in this run.")
-            + f" Learning rates from the search in lr_search-{s.get('search_steps', 120)}.json where it covered "
-            "the method; validation = the last sequences of the training corpus (held back), held-out = BBC News.")
+            + (f" Learning rates (lr) from {os.path.basename(s['lr_from'])} where it covered the method"
+               if s.get("lr_from") else " Learning rates (lr) from the search at these steps (lr_search-<steps>.json) "
+               "where one covered the method, else at 120 steps (lr_search-120.json)")
+            + "; validation = the last sequences of the training corpus (held back), held-out = BBC News.")
     hard = ["| WID run | hard-mask step | pruned norm just before | logged loss before → after |", "|---|---|---|---|"]
     num = lambda v, d: "-" if v is None else f"{v:.{d}f}"  # noqa: E731 (absent where nothing was logged)
     for name, e in results["methods"].items():
