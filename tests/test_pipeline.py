@@ -167,6 +167,36 @@ def test_a_demo_job_given_only_its_length_runs_in_budget_mode():
             Job.create(output_dir="x", max_steps=300, hard_mask_at=0.75, **elsewhere)
 
 
+def test_budget_mode_learns_at_half_the_rate_in_long_runs():
+    from wid_hf.pipeline import BUDGET_LONG_RUN_STEPS, budget_learning_rates
+
+    def rates(**settings):
+        t = Job.create(output_dir="x", **settings).training
+        return t.learning_rate, t.compactor_learning_rate
+
+    assert rates(max_steps=BUDGET_LONG_RUN_STEPS - 1) == (1e-3, 1e-4) == budget_learning_rates(600)
+    assert rates(max_steps=BUDGET_LONG_RUN_STEPS) == (5e-4, 5e-5) == budget_learning_rates(1500)
+    # what is given wins, and only budget mode's WID changes with the length
+    assert rates(max_steps=1500, learning_rate=1e-3) == (1e-3, 5e-5)
+    assert rates(max_steps=1500, budget_mode=False) == (JOB_PRESETS["demo"]["learning_rate"],
+                                                        JOB_PRESETS["demo"]["compactor_learning_rate"])
+    assert rates(max_steps=1500, method="etd-impt")[0] == STUDENT_LEARNING_RATE
+
+
+def test_a_directory_of_an_earlier_default_rate_names_the_flags_that_resume_it(tmp_path):
+    earlier = Job.create(output_dir=str(tmp_path), max_steps=1500, learning_rate=1e-3, compactor_learning_rate=1e-4)
+    (tmp_path / "checkpoints" / "checkpoint-50").mkdir(parents=True)
+    (tmp_path / "job.json").write_text(json.dumps({"identity": earlier.identity()}))
+    with pytest.raises(JobMismatchError, match=re.escape(
+            "learning_rate: 0.001 then, 0.0005 now, compactor_learning_rate: 0.0001 then, 5e-05 now; to resume, give "
+            "--learning_rate 0.001 --compactor_learning_rate 0.0001)")):
+        _check_output_dir(Job.create(output_dir=str(tmp_path), max_steps=1500))
+    given = parse_dataclass_command("compress", ["--output_dir", str(tmp_path), "--max_steps", "1500", "--learning_rate",
+                                                 "0.001", "--compactor_learning_rate", "0.0001"])
+    assert Job.create(**given).identity() == earlier.identity()
+    _check_output_dir(Job.create(**given))
+
+
 def test_etd_importance_sample_has_the_batches_asked_for():
     from datasets import Dataset
     from transformers import default_data_collator

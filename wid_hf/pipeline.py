@@ -55,7 +55,7 @@ JOB_PRESETS: dict[str, dict] = {
     # 300 steps. A teacher without an MLM head (the offline default) is first adapted for 200 steps, head and
     # encoder: a head on a frozen sentence encoder reaches only ~6% held-out accuracy and predicts "the" everywhere.
     # learning_rate / compactor_learning_rate here are the reference method's on this schedule (--budget_mode
-    # false); budget mode uses BUDGET_LEARNING_RATE / BUDGET_COMPACTOR_LEARNING_RATE.
+    # false); budget mode uses budget_learning_rates(max_steps).
     "demo": dict(wid=dict(target_ratio=0.5), max_steps=300, per_device_train_batch_size=8, learning_rate=1e-4,
                  compactor_learning_rate=2e-3, head_warmup_steps=200, warmup_encoder_learning_rate=3e-4,
                  eval_sequences=64),
@@ -64,17 +64,34 @@ JOB_PRESETS: dict[str, dict] = {
                   head_warmup_steps=1000, warmup_encoder_learning_rate=1e-4, eval_sequences=256) for name in PRESETS},
 }
 BUDGET_PRESET = "demo"
-# Learning rates of WID in budget mode, from the equal-effort search of benchmarks/results/lr_search-120.json (the
-# inherited weights' rate from {2e-4, 5e-4, 1e-3}, compactors always a tenth of it; chosen on a validation split of
-# the training corpus): 1e-3 won for WID, as for ETD-Impt. A compactor rate of 2e-3 wrecks the teacher within two
-# steps (docs/method.md, "Budget mode").
+# Learning rates of WID in budget mode (inherited weights; compactors always a tenth), from equal-effort searches
+# chosen on a validation split of the training corpus: benchmarks/results/lr_search-120.json ({2e-4, 5e-4, 1e-3}:
+# 1e-3, as for ETD-Impt), lr_search-600.json ({5e-4, 1e-3}: 1e-3 for both; for WID level with 5e-4 over three
+# seeds) and lr_search-1500.json ({5e-4, 1e-3}: 5e-4 for WID, 1e-3 still for ETD-Impt). At 1e-3 the teacher's loss
+# rises from 3.9 to 5.8 within 40 steps, before any index is pruned; a long run has the steps to learn at half the
+# rate and inherits more. From BUDGET_LONG_RUN_STEPS (between the searched 600 and 1,500) the lower rates apply. A
+# compactor rate of 2e-3 wrecks the teacher within two steps (docs/method.md, "Budget mode").
 BUDGET_LEARNING_RATE = 1e-3
 BUDGET_COMPACTOR_LEARNING_RATE = 1e-4
+BUDGET_LONG_RUN_STEPS = 1000
+BUDGET_LONG_RUN_LEARNING_RATE = 5e-4
+BUDGET_LONG_RUN_COMPACTOR_LEARNING_RATE = 5e-5
 # ETD-Impt's importance sample: 64 batches scored higher on the validation split than 16 (budget mode's
 # taylor_init_batches) at 120 and 600 steps on each of three seeds (benchmarks/results/seeds-importance-64.md); for
 # budget mode's start 64 measured level at 120 steps, behind at 600 and costs a longer scoring pass, so it keeps 16.
 ETD_IMPORTANCE_BATCHES = 64
 ETD_IMPORTANCE_BATCHES_BEFORE = 16  # the default until 2026-11-28: job directories that record none used it
+
+
+def budget_learning_rates(max_steps: int) -> tuple[float, float]:
+    """Budget mode's learning rates for a run of `max_steps` optimizer steps: (inherited weights, compactors).
+
+        >>> budget_learning_rates(300), budget_learning_rates(1500)
+        ((0.001, 0.0001), (0.0005, 5e-05))
+    """
+    if max_steps < BUDGET_LONG_RUN_STEPS:
+        return BUDGET_LEARNING_RATE, BUDGET_COMPACTOR_LEARNING_RATE
+    return BUDGET_LONG_RUN_LEARNING_RATE, BUDGET_LONG_RUN_COMPACTOR_LEARNING_RATE
 
 
 def budget_schedule(max_steps: int) -> dict:
@@ -172,10 +189,12 @@ class JobTrainingArguments:
         "aliases": ["--batch-size"], "help": "Sequences per step and device (default: from --preset)."})
     gradient_accumulation_steps: int = field(default=1, metadata={"help": "Micro-batches per optimizer step."})
     learning_rate: Optional[float] = field(default=None, metadata={
-        "help": "WID: learning rate of the inherited weights (default: from --preset); baselines: of the student "
-                f"(default {STUDENT_LEARNING_RATE})."})
+        "help": "WID: learning rate of the inherited weights (default: from --preset; in budget mode "
+                f"{BUDGET_LEARNING_RATE:g}, from {BUDGET_LONG_RUN_STEPS:,} steps {BUDGET_LONG_RUN_LEARNING_RATE:g}); "
+                f"baselines: of the student (default {STUDENT_LEARNING_RATE})."})
     compactor_learning_rate: Optional[float] = field(default=None, metadata={
-        "help": "Learning rate of WID's compactors and of Weight Distillation's generator (default: from --preset)."})
+        "help": "Learning rate of WID's compactors and of Weight Distillation's generator (default: from --preset; "
+                "in budget mode a tenth of --learning_rate's default)."})
     warmup_steps: Optional[float] = field(default=None, metadata={
         "help": "Linear learning-rate warm-up, in steps or as a ratio of the run in [0, 1), for every method "
                 "(default: WIDTrainingArguments' 0.01, the reference's 1%%)."})
@@ -245,8 +264,8 @@ class Job:
             budget_wid = WIDConfig.for_budget(steps, hard_mask_at=hard_mask_at, **sizes)
             wid.update({k: v for k, v in dataclasses.asdict(budget_wid).items() if v != _WID_DEFAULTS[k]})
             if method == "wid":
-                settings = {"learning_rate": BUDGET_LEARNING_RATE,
-                            "compactor_learning_rate": BUDGET_COMPACTOR_LEARNING_RATE,
+                rates = budget_learning_rates(steps)
+                settings = {"learning_rate": rates[0], "compactor_learning_rate": rates[1],
                             **{k: v for k, v in settings.items() if v is not None}}
         elif budget:
             wid.update(budget_schedule(steps))
@@ -379,6 +398,16 @@ def _importance_change(previous: dict, current: dict) -> str:
     return f"; importance_batches: {then} then, {now} now; to resume, give --importance_batches {then}"
 
 
+def _rate_change(previous: dict, current: dict) -> str:
+    """The learning rates, if they differ, with the flags that resume the earlier job (a default may have changed:
+    budget mode's rates depend on the run's length since 2026-11-29)."""
+    keys = [k for k in ("learning_rate", "compactor_learning_rate") if previous.get(k) != current.get(k)]
+    if not keys or any(previous.get(k) is None for k in keys):
+        return ""
+    return ("; " + ", ".join(f"{k}: {previous[k]:g} then, {current[k]:g} now" for k in keys) + "; to resume, give "
+            + " ".join(f"--{k} {previous[k]:g}" for k in keys))
+
+
 def _check_output_dir(job: Job) -> None:
     path = os.path.join(job.output_dir, "job.json")
     if os.path.exists(job.output_dir) and not os.path.isdir(job.output_dir):
@@ -397,7 +426,8 @@ def _check_output_dir(job: Job) -> None:
             changed = sorted(k for k in set(previous) | set(current) if previous.get(k) != current.get(k))
             raise JobMismatchError(
                 f"{job.output_dir} holds the checkpoint of a different job (changed: {', '.join(changed)}"
-                f"{_wid_changes(previous.get('wid', {}), current['wid'])}{_importance_change(previous, current)}); use "
+                f"{_wid_changes(previous.get('wid', {}), current['wid'])}{_importance_change(previous, current)}"
+                f"{_rate_change(previous, current)}); use "
                 "another --output_dir, or --overwrite to start over there.")
     elif os.path.isdir(job.output_dir) and os.listdir(job.output_dir) and not overwrite:
         raise JobMismatchError(f"{job.output_dir} exists and is not a wid-hf job directory; use an empty or new "
