@@ -229,7 +229,8 @@ def rate(a, name, steps):
     """A method's learning rate at `steps`: from --lr-from if given, else from the searches in --out, the one at these
     steps (lr_search-<steps>.json) before the one at 120; a method's own choice before that of the method whose rate
     it shares (SAME_RATE_AS); --lr for a method no search covered."""
-    files = [a.lr_from] if a.lr_from else [os.path.join(a.out, f"lr_search-{n}.json") for n in dict.fromkeys((steps, 120))]
+    budgets = dict.fromkeys((steps, 120))  # once each, in this order
+    files = [a.lr_from] if a.lr_from else [os.path.join(a.out, f"lr_search-{n}.json") for n in budgets]
     for path in files:
         chosen = _load(path, {}).get("chosen", {})
         for key in (name, SAME_RATE_AS.get(name, name)):
