@@ -67,7 +67,7 @@ BUDGET_PRESET = "demo"
 # Learning rates of WID in budget mode (inherited weights; compactors always a tenth), from equal-effort searches
 # chosen on a validation split of the training corpus: benchmarks/results/lr_search-120.json ({2e-4, 5e-4, 1e-3}:
 # 1e-3, as for ETD-Impt), lr_search-600.json ({5e-4, 1e-3}: 1e-3 for both; for WID level with 5e-4 over three
-# seeds) and lr_search-1500.json ({5e-4, 1e-3}: 5e-4 for WID, 1e-3 still for ETD-Impt). At 1e-3 the teacher's loss
+# seeds) and lr_search-1500.json ({2e-4, 5e-4, 1e-3}: 5e-4 for WID, 1e-3 still for ETD-Impt). At 1e-3 the teacher's loss
 # rises from 3.9 to 5.8 within 40 steps, before any index is pruned; a long run has the steps to learn at half the
 # rate and inherits more. From BUDGET_LONG_RUN_STEPS (between the searched 600 and 1,500) the lower rates apply. A
 # compactor rate of 2e-3 wrecks the teacher within two steps (docs/method.md, "Budget mode").
