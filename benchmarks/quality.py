@@ -16,6 +16,8 @@ batch size, number of optimizer steps and seed, and targets hidden 192 / FFN 768
   truncation         the teacher's lower layers at full width (as many as fit the student's encoder budget) + MLM
   weight-distill     Weight Distillation: generator for half the steps, then the materialised student
   random+mlm         random initialisation at the student's shape + masked-LM (the floor)
+  teacher+mlm        the teacher itself, full width, trained the same way at WID's rate (not a student: how much of
+                     the gap to the teacher comes from training on this corpus rather than from compression)
 
 Learning rates: every method gets the same search (`--search`: each value of --lr-grid at the given --steps, chosen by
 masked-LM accuracy on --validation-sequences held back from the *training* corpus; WID's compactors always train at
@@ -67,10 +69,12 @@ RUNS = {
     "truncation": dict(method="truncation"),
     "weight-distill": dict(method="weight-distill"),
     "random+mlm": dict(method="random"),
+    # every teacher layer at full width ("truncation" that keeps all of them; run_method fills in the teacher's depth)
+    "teacher+mlm": dict(method="truncation", keep_layers="all"),
 }
 # variants of a method, run at that method's searched learning rate and left out of the default --methods
 SAME_RATE_AS = {"wid-budget-late": "wid-budget", "wid-budget-group-scores": "wid-budget",
-                "etd-impt+mlm-warm": "etd-impt+mlm"}
+                "etd-impt+mlm-warm": "etd-impt+mlm", "teacher+mlm": "wid-budget"}
 METHODS = [name for name in RUNS if name not in SAME_RATE_AS]
 
 
@@ -129,6 +133,10 @@ def run_method(name, a, steps, lr, workdir, ablation=None):
     from wid_hf.pipeline import Job, run
 
     settings = dict(RUNS[name])
+    if settings.get("keep_layers") == "all":
+        from transformers import AutoConfig
+
+        settings["keep_layers"] = f"lower:{AutoConfig.from_pretrained(a.teacher).num_hidden_layers}"
     if ablation is not None:
         settings.update(ablation_settings(ablation, steps)[1])
     ratio = settings.pop("compactor_ratio", WID_COMPACTOR_RATIO)
@@ -429,14 +437,15 @@ def sweep_chart(out):
         f.write("Held-out masked-LM accuracy (BBC News) by training budget; training seconds in brackets.\n\n"
                 + "\n".join(rows) + "\n")
     fig, (ax_s, ax_t) = plt.subplots(1, 2, figsize=(13, 4.2))
-    for name, points in series.items():
+    for i, (name, points) in enumerate(series.items()):
         if name == "teacher":
             for ax in (ax_s, ax_t):
                 ax.axhline(points[0][2], color="grey", linestyle=":", label="teacher")
             continue
         steps, seconds, acc = zip(*points)
-        ax_s.plot(steps, acc, marker="o", label=name)
-        ax_t.plot(seconds, acc, marker="o", label=name)
+        marker = "os^"[(i - 1) // 10 % 3]  # matplotlib's 10 colours repeat: the 11th method on gets another marker
+        ax_s.plot(steps, acc, marker=marker, label=name)
+        ax_t.plot(seconds, acc, marker=marker, label=name)
     ax_s.set(xscale="log", xlabel="optimizer steps (8 x 128)", ylabel="held-out MLM accuracy", title="Equal steps")
     ax_s.set_xticks(sorted(budgets), [str(s) for s in sorted(budgets)])  # the budgets themselves, not 10^k ticks
     ax_s.minorticks_off()

@@ -83,12 +83,16 @@ def test_quality_benchmark_smoke(tmp_path):
     # methods added to a finished table by a later invocation (no fine-tuning there): the setup keeps every method
     # the file holds, and the header still describes the fine-tuning of the rows that have it; without --lr-from,
     # the search at these steps in --out gives the rates (a variant takes its method's)
-    added = subprocess.run(common + ["--methods", "etd-impt+mlm-warm", "wid-budget-group-scores", "--finetune-tasks"],
-                           capture_output=True, text=True, timeout=900, env=env)
+    added = subprocess.run(common + ["--methods", "etd-impt+mlm-warm", "wid-budget-group-scores", "teacher+mlm",
+                                     "--finetune-tasks"], capture_output=True, text=True, timeout=900, env=env)
     assert added.returncode == 0, added.stderr[-4000:]
     grown = json.loads((tmp_path / "results" / "quality-4.json").read_text())
-    assert grown["setup"]["methods"] == [*list(results["methods"])[1:], "etd-impt+mlm-warm", "wid-budget-group-scores"]
+    assert grown["setup"]["methods"] == [*list(results["methods"])[1:], "etd-impt+mlm-warm", "wid-budget-group-scores",
+                                         "teacher+mlm"]
     assert grown["methods"]["wid-budget-group-scores"]["learning_rate"] == found["chosen"]["wid-budget"]
+    # the teacher trained the same way: every layer at full width, at WID's rate
+    assert grown["methods"]["teacher+mlm"]["learning_rate"] == found["chosen"]["wid-budget"]
+    assert grown["methods"]["teacher+mlm"]["config"] == grown["methods"]["teacher"]["config"]
     assert grown["methods"]["etd-impt+mlm-warm"]["learning_rate"] == 5e-4  # --lr: no search covered it
     assert grown["methods"]["etd-impt+mlm-warm"]["finetune"] == {}
     assert grown["setup"]["finetune_tasks"] == ["bbc-topics"] and grown["setup"]["finetune_epochs"] == 1
