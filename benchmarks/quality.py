@@ -244,6 +244,8 @@ def rate(a, name, steps):
         for key in (name, SAME_RATE_AS.get(name, name)):
             if key in chosen:
                 return chosen[key]
+    print(f"warning: no learning-rate search in {files} covers {name}; it runs at --lr {a.lr:g}", file=sys.stderr,
+          flush=True)
     return a.lr
 
 

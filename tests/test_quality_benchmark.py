@@ -86,6 +86,7 @@ def test_quality_benchmark_smoke(tmp_path):
     added = subprocess.run(common + ["--methods", "etd-impt+mlm-warm", "wid-budget-group-scores", "teacher+mlm",
                                      "--finetune-tasks"], capture_output=True, text=True, timeout=900, env=env)
     assert added.returncode == 0, added.stderr[-4000:]
+    assert "covers etd-impt+mlm-warm; it runs at --lr 0.0005" in added.stderr  # the fallback is said, not silent
     grown = json.loads((tmp_path / "results" / "quality-4.json").read_text())
     assert grown["setup"]["methods"] == [*list(results["methods"])[1:], "etd-impt+mlm-warm", "wid-budget-group-scores",
                                          "teacher+mlm"]
