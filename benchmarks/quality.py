@@ -71,10 +71,15 @@ RUNS = {
     "random+mlm": dict(method="random"),
     # every teacher layer at full width ("truncation" that keeps all of them; run_method fills in the teacher's depth)
     "teacher+mlm": dict(method="truncation", keep_layers="all"),
+    # WID and ETD-Impt with logit KD against the teacher (KD_ALPHA of the loss; a teacher forward pass every step)
+    # beside the masked-LM-only forms: budget mode itself stays alignment-free
+    "wid-budget+logit": dict(method="wid", objective="logit"),
+    "etd-impt+logit-warm": dict(method="etd-impt", objective="logit", warmup_steps=0.1),
 }
 # variants of a method, run at that method's searched learning rate and left out of the default --methods
 SAME_RATE_AS = {"wid-budget-late": "wid-budget", "wid-budget-group-scores": "wid-budget",
-                "etd-impt+mlm-warm": "etd-impt+mlm", "teacher+mlm": "wid-budget"}
+                "etd-impt+mlm-warm": "etd-impt+mlm", "teacher+mlm": "wid-budget", "wid-budget+logit": "wid-budget",
+                "etd-impt+logit-warm": "etd-impt+mlm-warm"}
 METHODS = [name for name in RUNS if name not in SAME_RATE_AS]
 
 
@@ -236,12 +241,15 @@ def main():
 def rate(a, name, steps):
     """A method's learning rate at `steps`: from --lr-from if given, else from the searches in --out, the one at these
     steps (lr_search-<steps>.json) before the one at 120; a method's own choice before that of the method whose rate
-    it shares (SAME_RATE_AS); --lr for a method no search covered."""
+    it shares (SAME_RATE_AS, followed to its end); --lr for a method no search covered."""
     budgets = dict.fromkeys((steps, 120))  # once each, in this order
     files = [a.lr_from] if a.lr_from else [os.path.join(a.out, f"lr_search-{n}.json") for n in budgets]
+    keys = [name]  # the method, then the method whose rate it shares, and so on (etd-impt+logit-warm -> ... +mlm)
+    while keys[-1] in SAME_RATE_AS:
+        keys.append(SAME_RATE_AS[keys[-1]])
     for path in files:
         chosen = _load(path, {}).get("chosen", {})
-        for key in (name, SAME_RATE_AS.get(name, name)):
+        for key in keys:
             if key in chosen:
                 return chosen[key]
     print(f"warning: no learning-rate search in {files} covers {name}; it runs at --lr {a.lr:g}", file=sys.stderr,

@@ -74,12 +74,14 @@ def test_quality_benchmark_smoke(tmp_path):
     assert (tmp_path / "results" / "budget_sweep.png").is_file()
     # a variant outside the default methods, at its method's searched rate, then over two seeds (a file stem as OUT)
     late = subprocess.run(common[:-2] + ["--out", str(tmp_path / "seed1"), "--seed", "1", "--methods", "wid-budget",
-                                         "wid-budget-late", "--finetune-tasks", "--lr-from",
+                                         "wid-budget-late", "wid-budget+logit", "--finetune-tasks", "--lr-from",
                                          str(tmp_path / "results" / "lr_search-4.json")],
                           capture_output=True, text=True, timeout=900, env=env)
     assert late.returncode == 0, late.stderr[-4000:]
-    assert json.loads((tmp_path / "seed1" / "quality-4.json").read_text())["methods"]["wid-budget-late"][
-        "learning_rate"] == found["chosen"]["wid-budget"]
+    seed1_methods = json.loads((tmp_path / "seed1" / "quality-4.json").read_text())["methods"]
+    for name in ("wid-budget-late", "wid-budget+logit"):  # WID with logit KD: budget mode's schedule and rate
+        assert seed1_methods[name]["learning_rate"] == found["chosen"]["wid-budget"], name
+        assert seed1_methods[name]["hard_masks"]["step"] is not None, name
     # methods added to a finished table by a later invocation (no fine-tuning there): the setup keeps every method
     # the file holds, and the header still describes the fine-tuning of the rows that have it; without --lr-from,
     # the search at these steps in --out gives the rates (a variant takes its method's)
@@ -123,3 +125,18 @@ def test_quality_benchmark_smoke(tmp_path):
     held = [table["wid-budget"][s]["heldout"]["mlm_accuracy"] for s in ("0", "1")]
     assert f"| wid-budget | {sum(held) / 2:.3f} ± " in (tmp_path / "sweep-seeds.md").read_text()
     assert (tmp_path / "sweep-seeds.png").is_file()
+
+
+def test_rate_follows_shared_rates_to_a_searched_method(tmp_path):
+    """A variant of a variant (etd-impt+logit-warm -> etd-impt+mlm-warm -> etd-impt+mlm) takes the first searched
+    rate along the chain; the variant's own choice comes first."""
+    sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+    import quality
+
+    searched = tmp_path / "lr_search.json"
+    searched.write_text(json.dumps({"chosen": {"etd-impt+mlm": 3e-4, "wid-budget": 2e-4}}))
+    a = quality.argparse.Namespace(lr_from=str(searched), out=str(tmp_path), lr=5e-4)
+    assert quality.rate(a, "etd-impt+logit-warm", 600) == 3e-4
+    assert quality.rate(a, "wid-budget+logit", 600) == 2e-4
+    searched.write_text(json.dumps({"chosen": {"etd-impt+mlm": 3e-4, "etd-impt+mlm-warm": 1e-3}}))
+    assert quality.rate(a, "etd-impt+logit-warm", 600) == 1e-3
