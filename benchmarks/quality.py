@@ -150,6 +150,8 @@ def run_method(name, a, steps, lr, workdir, ablation=None):
     ratio = settings.pop("compactor_ratio", WID_COMPACTOR_RATIO)
     if settings["method"] == "wid":
         settings["compactor_learning_rate"] = lr * ratio
+    if a.train_dropout is not None:
+        settings["train_dropout"] = a.train_dropout
     tag = name + (f"+{ablation.split('/')[0]}" if ablation else "")
     seed = f"-seed{a.seed}" if a.seed else ""  # seed 0 keeps the folder names of earlier runs
     job = Job.create(output_dir=os.path.join(workdir, f"{tag.replace('+', '_')}-{steps}-lr{lr:g}{seed}"),
@@ -159,6 +161,23 @@ def run_method(name, a, steps, lr, workdir, ablation=None):
                      seed=a.seed, target_hidden_size=a.hidden, target_intermediate_size=a.ffn, learning_rate=lr,
                      save_steps=a.save_steps, disable_tqdm=True, **settings)
     return run(job)
+
+
+# results files written before --train-dropout existed (2026-12-02) trained every method at the teacher's dropout
+DROPOUT_BEFORE = 0.1
+
+
+def check_dropout(path, a):
+    """The methods of one results file train with one dropout: refuse to add rows at another."""
+    results = _load(path, {})
+    if not [name for name in results.get("methods", {}) if name != "teacher"]:
+        return
+    then = results.get("setup", {}).get("train_dropout", DROPOUT_BEFORE)
+    if then != a.train_dropout:
+        shown = {None: "each method's own (0 in budget mode)"}
+        raise SystemExit(f"{path}'s rows trained with --train-dropout {shown.get(then, then)}, this run with "
+                         f"{shown.get(a.train_dropout, a.train_dropout)}: give --train-dropout {then} to add to them, "
+                         "or another --out / --without-from.")
 
 
 def _load(path, default):
@@ -228,6 +247,10 @@ def main():
     p.add_argument("--ablation", nargs="+", choices=list(ABLATIONS),
                    help="run these options of a method at --steps (its searched rate; no fine-tuning) and write "
                         "ablations.json, beside the method's own numbers from quality-<steps>.json")
+    p.add_argument("--train-dropout", type=float, default=None,
+                   help="dropout while every method trains (WIDConfig.train_dropout, which the pipeline gives the "
+                        "baselines' students too); default: each method's own, 0 under budget mode since 2026-12-02. "
+                        "Results written before trained at the teacher's 0.1: add --train-dropout 0.1 to extend them")
     p.add_argument("--without-from", metavar="DIR",
                    help="with --ablation: compare with the method's run in DIR/quality-<steps>.json (e.g. one run on "
                         "the same machine) instead of --out's; refreshes that comparison for ablations already run")
@@ -269,18 +292,20 @@ def ablations(a):
         for name in a.ablation:
             key = f"{name}@{steps}"
             base, settings = ablation_settings(name, steps)  # as run at these steps
+            if key in found["runs"] and not a.without_from:
+                continue  # measured, and compared with the run it was compared with then
+            source = os.path.join(a.without_from or a.out, f"quality-{steps}.json")
+            check_dropout(source, a)  # with and without the option at one dropout
             if key not in found["runs"]:
                 lr = rate(a, base, steps)  # a variant runs at its method's rate
                 report = run_method(base, a, steps, lr, a.workdir, ablation=name)
                 found["runs"][key] = {
                     "option": name, "method": base, "settings": settings, "steps": steps, "learning_rate": lr,
                     "validation": report["validation"]["student"], "heldout": report["heldout"]["student"],
-                    "train_seconds": report["training"]["seconds"], "hard_masks": report.get("hard_masks")}
-            elif not a.without_from:
-                continue  # measured, and compared with the run it was compared with then
+                    "train_seconds": report["training"]["seconds"], "hard_masks": report.get("hard_masks"),
+                    "train_dropout": report["wid_config"].get("train_dropout")}
             # the method's own run: the committed one, or (--without-from) one from the same machine, where WID's
             # trajectory is not moved by another CPU's rounding
-            source = os.path.join(a.without_from or a.out, f"quality-{steps}.json")
             reference = _load(source, {"methods": {}})["methods"].get(base, {})
             found["runs"][key]["without"] = {k: reference.get(k)
                                              for k in ("validation", "heldout", "train_seconds", "hard_masks")}
@@ -309,6 +334,7 @@ def run_budget(a, steps):
     from wid_hf.finetune import finetune_eval
 
     path = os.path.join(a.out, f"quality-{steps}.json")
+    check_dropout(path, a)
     results = _load(path, {"methods": {}})
     # the setup of this invocation; its method list keeps the methods earlier invocations added to the file, and
     # an invocation that fine-tunes nothing keeps the fine-tuning settings of the rows that were fine-tuned

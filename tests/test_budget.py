@@ -257,6 +257,38 @@ def test_budget_schedule_places_hard_masks_at_the_fraction_asked():
             WIDConfig.for_budget(300, hard_mask_at=bad, target_ratio=0.5)
 
 
+def test_budget_mode_trains_without_dropout_and_the_student_keeps_the_teachers(tmp_path):
+    from wid_hf import WIDModel
+
+    def dropout_ps(model):
+        return {m.p for m in model.modules() if isinstance(m, torch.nn.Dropout)}
+
+    config = WIDConfig.for_budget(300, target_ratio=0.5)
+    assert config.train_dropout == 0.0
+    batch = batch_with_labels()
+    model = get_wid_model(tiny_teacher(dropout=0.1), config).train()
+    assert dropout_ps(model) == {0.0}
+    with torch.no_grad():
+        assert torch.equal(model(**batch).logits, model(**batch).logits)  # in train mode, and nothing is dropped
+    # left unset (the reference presets), the teacher's dropout trains: the same check fails there
+    default = get_wid_model(tiny_teacher(dropout=0.1), WIDConfig(target_ratio=0.5)).train()
+    assert dropout_ps(default) == {0.1}
+    with torch.no_grad():
+        assert not torch.equal(default(**batch).logits, default(**batch).logits)
+    # saved with the WID state, so a resumed run trains as the first did
+    model.save_pretrained(tmp_path)
+    assert dropout_ps(WIDModel.from_pretrained(tiny_teacher(dropout=0.1), tmp_path)) == {0.0}
+    # only the modules change: the config, and so the merged student, keep the teacher's dropout for fine-tuning
+    assert model.config.hidden_dropout_prob == 0.1
+    model.finalize_masks()  # the masks as pruning leaves them, so the merge is exact
+    student = model.merge_and_unload(progressbar=False)
+    assert student.config.hidden_dropout_prob == student.config.attention_probs_dropout_prob == 0.1
+    assert dropout_ps(student) == {0.1}
+    for bad in (-0.1, 1.0, True):
+        with pytest.raises(ValueError, match="train_dropout"):
+            WIDConfig(target_ratio=0.5, train_dropout=bad)
+
+
 def test_resume_mid_pruning_with_taylor_scores_is_exact(tmp_path):
     full = budget_trainer(tmp_path / "a", save_strategy="steps", save_steps=8)
     full.train()

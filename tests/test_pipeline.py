@@ -167,6 +167,24 @@ def test_a_demo_job_given_only_its_length_runs_in_budget_mode():
             Job.create(output_dir="x", max_steps=300, hard_mask_at=0.75, **elsewhere)
 
 
+def test_budget_mode_trains_every_methods_model_without_dropout(tmp_path):
+    from torch import nn
+
+    from conftest import mlm_dataset, tiny_teacher, tiny_tokenizer
+    from wid_hf.pipeline import build_trainer
+
+    teacher, tokenizer = tiny_teacher(dropout=0.1), tiny_tokenizer(tmp_path / "tokenizer")
+    for settings, expected in ((dict(method="wid"), 0.0), (dict(method="random"), 0.0),
+                               (dict(method="random", train_dropout=0.2), 0.2),
+                               (dict(method="random", budget_mode=False), 0.1)):  # unset: the teacher's
+        job = Job.create(output_dir=str(tmp_path / "job"), max_steps=20, target_hidden_size=24,
+                         target_intermediate_size=40, **settings)
+        trainer = build_trainer(job, teacher, tokenizer, mlm_dataset(), job.wid.resolve(teacher.config), None)
+        assert {m.p for m in trainer.model.modules() if isinstance(m, nn.Dropout)} == {expected}, settings
+        assert trainer.model.config.hidden_dropout_prob == 0.1  # a saved student keeps the teacher's
+    assert {m.p for m in teacher.modules() if isinstance(m, nn.Dropout)} == {0.1}  # the teacher is not touched
+
+
 def test_budget_mode_learns_at_half_the_rate_in_long_runs():
     from wid_hf.pipeline import BUDGET_LONG_RUN_STEPS, budget_learning_rates
 
@@ -235,6 +253,18 @@ def test_a_changed_wid_setting_names_the_flags_that_resume_the_earlier_job(tmp_p
     given = parse_dataclass_command("compress", ["--output_dir", str(tmp_path), "--max_steps", "300", *flags])
     assert Job.create(**given).identity() == earlier.identity()
     _check_output_dir(Job.create(**given))
+
+
+def test_a_budget_directory_from_before_train_dropout_says_it_cannot_resume(tmp_path):
+    earlier = Job.create(output_dir=str(tmp_path), max_steps=300)
+    identity = earlier.identity()
+    del identity["wid"]["train_dropout"]  # as written before 2026-12-02: the teacher's dropout trained
+    (tmp_path / "checkpoints" / "checkpoint-18").mkdir(parents=True)
+    (tmp_path / "job.json").write_text(json.dumps({"identity": identity}))
+    with pytest.raises(JobMismatchError, match=re.escape(
+            "train_dropout: unset then, 0.0 now; no flag unsets train_dropout again, so this job cannot resume "
+            "under this wid_hf: start it over (--overwrite) or give a new --output_dir")):
+        _check_output_dir(Job.create(output_dir=str(tmp_path), max_steps=300))
 
 
 def test_an_etd_impt_directory_of_the_earlier_default_names_the_flag_that_resumes_it(tmp_path):

@@ -27,6 +27,8 @@ DECAYS = ("reference", "linear")
 BUDGET_HARD_MASK_AT = 0.55
 # ... and the Taylor scores start from the teacher's on this many training batches (ETD-Impt scores on as many)
 BUDGET_TAYLOR_INIT_BATCHES = 16
+# ... and the model trains without dropout (WIDConfig.train_dropout)
+BUDGET_TRAIN_DROPOUT = 0.0
 # The Taylor scores' moving average spans this many optimizer steps by default (WIDConfig.taylor_window)
 TAYLOR_WINDOW = 10
 
@@ -185,6 +187,14 @@ class WIDConfig:
                           "of the loss if the index goes everywhere at once). Budget mode sets it (for_budget); false "
                           "there gives the group form it used before 2026-11-28 (docs/method.md, 'Budget mode')."},
     )
+    train_dropout: Optional[float] = field(
+        default=None,
+        metadata={"help": "Dropout probability of every dropout layer of the model while it trains (embeddings, "
+                          "attention, hidden); unset keeps the teacher's config (0.1 in BERT). Budget mode sets 0: "
+                          "a run of a few thousand steps sees its text about once, so dropout only slows it "
+                          "(docs/method.md, 'Budget mode'). The merged student's config keeps the teacher's values, "
+                          "so fine-tuning it later uses them."},
+    )
 
     def __post_init__(self):
         if self.head_strategy not in HEAD_STRATEGIES:
@@ -225,6 +235,10 @@ class WIDConfig:
                 raise ValueError(f"{name} must be an integer >= 1, got {value!r}.")
         if self.penalty_lambda < 0 or self.warmup_l2 < 0:
             raise ValueError("penalty_lambda and warmup_l2 must be >= 0.")
+        if self.train_dropout is not None and (isinstance(self.train_dropout, bool)
+                                               or not 0.0 <= float(self.train_dropout) < 1.0):
+            raise ValueError(f"train_dropout is a probability in [0, 1) (or None for the teacher's own), got "
+                             f"{self.train_dropout!r}.")
 
     # ------------------------------------------------------------------ presets and teacher-dependent rules
     @classmethod
@@ -243,14 +257,14 @@ class WIDConfig:
         batches, so pruning can begin at once: the schedule runs nine equal intervals from step 0 to hard masks at
         `hard_mask_at` of the run (default 55%: the first selection at about 6%, the targets at about 49%), and the
         student trains at its final shape for the rest. Pruned entries decay linearly to exactly zero, pruned stays
-        pruned, and no warm-up L2 shrinks the teacher. `overrides` are any WIDConfig fields (targets are required, as
+        pruned, no warm-up L2 shrinks the teacher, and the model trains without dropout. `overrides` are any WIDConfig fields (targets are required, as
         for WIDConfig). docs/method.md, "Budget mode", says why each differs from the reference.
 
             >>> c = WIDConfig.for_budget(1500, target_ratio=0.5)
             >>> c.pruning_start, c.mask_interval, c.pruning_intervals, c.mask_scoring, c.decay, c.taylor_init_batches
             (0, 91, 8, 'taylor', 'linear', 16)
-            >>> c.taylor_per_compactor
-            True
+            >>> c.taylor_per_compactor, c.train_dropout
+            (True, 0.0)
         """
         if max_steps < 4:
             raise ValueError(f"budget mode needs at least 4 steps, got {max_steps}.")
@@ -262,7 +276,8 @@ class WIDConfig:
         room = max_steps // interval - 1  # intervals that fit before the hard-mask interval
         settings = dict(pruning_start=0, mask_interval=interval, pruning_intervals=max(1, min(8, room)),
                         head_prune_every=1, mask_scoring="taylor", taylor_init_batches=BUDGET_TAYLOR_INIT_BATCHES,
-                        taylor_per_compactor=True, decay="linear", monotone_masks=True, warmup_l2=0.0)
+                        taylor_per_compactor=True, decay="linear", monotone_masks=True, warmup_l2=0.0,
+                        train_dropout=BUDGET_TRAIN_DROPOUT)
         if overrides.get("mask_scoring", "taylor") != "taylor":
             # both start or shape the Taylor scores: nothing to start or shape under another scoring
             settings.update(taylor_init_batches=0, taylor_per_compactor=False)

@@ -30,6 +30,7 @@ from .layer import EmbeddingCompactor, FoldReuse, MaskedLayerNorm, StudentHeadSi
 from .mask_groups import MaskGroup
 from .merge import EMBEDDING_TABLES, build_student
 from .schedule import pruning_end_step
+from .utils import set_dropout
 
 logger = logging.getLogger(__name__)
 
@@ -104,6 +105,8 @@ class WIDModel(nn.Module):
         self.base_model = model
         self.groups: dict[str, MaskGroup] = {}
         self._inject(class_name)
+        if self.wid_config.train_dropout is not None:
+            set_dropout(model, self.wid_config.train_dropout)  # config untouched: the merged student keeps it
 
     # ------------------------------------------------------------------ injection
     def _inject(self, class_name: str) -> None:

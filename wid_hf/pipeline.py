@@ -137,7 +137,8 @@ class JobArguments:
     budget_mode: bool = field(default=True, metadata={
         "help": "Under --preset demo, WID runs in budget mode unless a schedule is given (WIDConfig.for_budget: "
                 "Taylor scores per compactor started from the teacher's, linear decay to zero, monotone masks, "
-                "schedule scaled to the run, budget learning rates); --budget_mode false gives the reference "
+                "schedule scaled to the run, budget learning rates, no dropout, which the baselines' students "
+                "train without too); --budget_mode false gives the reference "
                 "method on the same scaled schedule instead."})
     hard_mask_at: Optional[float] = field(default=None, metadata={
         "help": f"Budget mode: the fraction of the run at which masks become hard (default {BUDGET_HARD_MASK_AT}; "
@@ -381,10 +382,13 @@ def _wid_changes(previous: dict, current: dict) -> str:
         return "unset" if value is None else repr(value)
 
     # a field unset then (None: e.g. the sizes when the earlier job gave a ratio) has no flag to give
+    flags = " ".join(f"--{k} {before[k]}" for k in keys if before[k] is not None)
+    unset = [k for k in keys if before[k] is None]
     return ("; WIDConfig " + ", ".join(f"{k}: {shown(before[k])} then, {shown(current.get(k, _WID_DEFAULTS.get(k)))} now"
                                        for k in keys)
-            + "; to resume, give the earlier values: "
-            + " ".join(f"--{k} {before[k]}" for k in keys if before[k] is not None))
+            + (f"; to resume, give the earlier values: {flags}" if flags else "")
+            + (f"; no flag unsets {', '.join(unset)} again, so this job cannot resume under this wid_hf: start it over "
+               "(--overwrite) or give a new --output_dir" if unset and not flags else ""))
 
 
 def _importance_change(previous: dict, current: dict) -> str:
@@ -561,7 +565,7 @@ def build_trainer(job: Job, teacher, tokenizer, train, wid_config: WIDConfig, la
     from .baselines.etd import extract_student, layer_choice, select_layers, truncation_layers
     from .model import get_wid_model
     from .trainer import WIDTrainer
-    from .utils import student_config
+    from .utils import set_dropout, student_config
 
     j = job.job
     collator = DataCollatorForLanguageModeling(tokenizer, mlm_probability=0.15)
@@ -593,6 +597,8 @@ def build_trainer(job: Job, teacher, tokenizer, train, wid_config: WIDConfig, la
     else:  # weight-distill: the generator takes the first half of the steps
         student = _weight_distilled_student(teacher, train, collator, wid_config, layers, steps // 2, job)
         steps -= steps // 2
+    if wid_config.train_dropout is not None:  # trained as WID is (budget mode: without dropout), so methods compare
+        set_dropout(student, wid_config.train_dropout)
     return DistillationTrainer(model=student, args=job.training_arguments(checkpoints, steps=steps),
                                train_dataset=train, processing_class=tokenizer, data_collator=collator,
                                objective=j.objective, **{k: v for k, v in kd.items() if k != "objective"})

@@ -25,6 +25,15 @@ def student_config(teacher_config, hidden: int, intermediate: int, heads: Option
     return config
 
 
+def set_dropout(model: nn.Module, probability: float) -> int:
+    """Set the probability of every `nn.Dropout` in `model` (BERT's attention reads its module's `p` too), leaving
+    `model.config` as it is, so a model saved afterwards keeps its configured dropout. Returns how many were set."""
+    layers = [m for m in model.modules() if isinstance(m, nn.Dropout)]
+    for layer in layers:
+        layer.p = float(probability)
+    return len(layers)
+
+
 def layer_parameter_count(hidden: int, attention: int, ffn: int) -> int:
     """Parameters of one BERT encoder layer: Q/K/V (attention x hidden), attention output, two LayerNorms, FFN."""
     qkv = 3 * (attention * hidden + attention)
