@@ -167,6 +167,11 @@ def run_method(name, a, steps, lr, workdir, ablation=None):
 DROPOUT_BEFORE = 0.1
 
 
+def dropout_words(value):
+    return ("each method's own: 0 (budget mode, and the baselines with it), the teacher's 0.1 for the reference WID "
+            "rows" if value is None else f"{value:g} for every method")
+
+
 def check_dropout(path, a):
     """The methods of one results file train with one dropout: refuse to add rows at another."""
     results = _load(path, {})
@@ -174,10 +179,10 @@ def check_dropout(path, a):
         return
     then = results.get("setup", {}).get("train_dropout", DROPOUT_BEFORE)
     if then != a.train_dropout:
-        shown = {None: "each method's own (0 in budget mode)"}
-        raise SystemExit(f"{path}'s rows trained with --train-dropout {shown.get(then, then)}, this run with "
-                         f"{shown.get(a.train_dropout, a.train_dropout)}: give --train-dropout {then} to add to them, "
-                         "or another --out / --without-from.")
+        raise SystemExit(f"{path}'s rows trained with dropout {dropout_words(then)}, this run with "
+                         f"{dropout_words(a.train_dropout)}: "
+                         + ("leave out --train-dropout" if then is None else f"give --train-dropout {then:g}")
+                         + " to add to them, or another --out / --without-from.")
 
 
 def _load(path, default):
@@ -412,7 +417,8 @@ def write_table_and_chart(results, out, steps):
             + (f" Learning rates (lr) from {os.path.basename(s['lr_from'])} where it covered the method"
                if s.get("lr_from") else " Learning rates (lr) from the search at these steps (lr_search-<steps>.json) "
                "where one covered the method, else at 120 steps (lr_search-120.json)")
-            + "; validation = the last sequences of the training corpus (held back), held-out = BBC News.")
+            + "; validation = the last sequences of the training corpus (held back), held-out = BBC News."
+            + f" Dropout while training: {dropout_words(s.get('train_dropout', DROPOUT_BEFORE))}.")
     hard = ["| WID run | hard-mask step | pruned norm just before | logged loss before → after |", "|---|---|---|---|"]
     num = lambda v, d: "-" if v is None else f"{v:.{d}f}"  # noqa: E731 (absent where nothing was logged)
     for name, e in results["methods"].items():

@@ -108,6 +108,13 @@ def test_quality_benchmark_smoke(tmp_path):
     seed1 = json.loads((tmp_path / "seed1" / "quality-4.json").read_text())["methods"]["wid-budget"]
     assert redone["without"]["validation"] == seed1["validation"] and redone["validation"] == run["validation"]
     assert redone["without_from"].endswith(os.path.join("seed1", "quality-4.json"))
+    # one dropout per results file: these rows trained at each method's own (0 in budget mode), so rows at the
+    # teacher's 0.1 are refused there, and the table says which it is
+    assert grown["setup"]["train_dropout"] is None
+    assert "Dropout while training: each method's own: 0" in (tmp_path / "results" / "quality-4.md").read_text()
+    mixed = subprocess.run(common + ["--methods", "random+mlm", "--train-dropout", "0.1", "--finetune-tasks"],
+                           capture_output=True, text=True, timeout=300, env=env)
+    assert mixed.returncode != 0 and "leave out --train-dropout" in mixed.stderr, mixed.stderr[-4000:]
     seeds = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "quality.py"), "--seeds-table",
                             str(tmp_path / "two-seeds"), str(tmp_path / "results" / "quality-4.json"),
                             str(tmp_path / "seed1" / "quality-4.json")],
