@@ -190,10 +190,10 @@ class WIDConfig:
     train_dropout: Optional[float] = field(
         default=None,
         metadata={"help": "Dropout probability of every dropout layer of the model while it trains (embeddings, "
-                          "attention, hidden); unset keeps the teacher's config (0.1 in BERT). Budget mode sets 0: "
-                          "a run of a few thousand steps sees its text about once, so dropout only slows it "
-                          "(docs/method.md, 'Budget mode'). The merged student's config keeps the teacher's values, "
-                          "so fine-tuning it later uses them."},
+                          "attention, hidden); unset keeps the teacher's config (0.1 in BERT). Budget mode sets 0: a "
+                          "budget run passes over its text about once, and without dropout it fitted better and ran "
+                          "faster from 600 steps on (docs/method.md, 'Budget mode'). The merged student's config "
+                          "keeps the teacher's values, so fine-tuning it later uses them."},
     )
 
     def __post_init__(self):
@@ -257,8 +257,9 @@ class WIDConfig:
         batches, so pruning can begin at once: the schedule runs nine equal intervals from step 0 to hard masks at
         `hard_mask_at` of the run (default 55%: the first selection at about 6%, the targets at about 49%), and the
         student trains at its final shape for the rest. Pruned entries decay linearly to exactly zero, pruned stays
-        pruned, no warm-up L2 shrinks the teacher, and the model trains without dropout. `overrides` are any WIDConfig fields (targets are required, as
-        for WIDConfig). docs/method.md, "Budget mode", says why each differs from the reference.
+        pruned, no warm-up L2 shrinks the teacher, and the model trains without dropout. `overrides` are any WIDConfig
+        fields (targets are required, as for WIDConfig). docs/method.md, "Budget mode", says why each differs from the
+        reference.
 
             >>> c = WIDConfig.for_budget(1500, target_ratio=0.5)
             >>> c.pruning_start, c.mask_interval, c.pruning_intervals, c.mask_scoring, c.decay, c.taylor_init_batches

@@ -137,9 +137,8 @@ class JobArguments:
     budget_mode: bool = field(default=True, metadata={
         "help": "Under --preset demo, WID runs in budget mode unless a schedule is given (WIDConfig.for_budget: "
                 "Taylor scores per compactor started from the teacher's, linear decay to zero, monotone masks, "
-                "schedule scaled to the run, budget learning rates, no dropout, which the baselines' students "
-                "train without too); --budget_mode false gives the reference "
-                "method on the same scaled schedule instead."})
+                "schedule scaled to the run, budget learning rates, no dropout, for the baselines' students too); "
+                "--budget_mode false gives the reference method on the same scaled schedule instead."})
     hard_mask_at: Optional[float] = field(default=None, metadata={
         "help": f"Budget mode: the fraction of the run at which masks become hard (default {BUDGET_HARD_MASK_AT}; "
                 "pruning runs from the start of the run to here, then the student trains at its final shape). Later "
