@@ -167,14 +167,23 @@ def test_a_demo_job_given_only_its_length_runs_in_budget_mode():
             Job.create(output_dir="x", max_steps=300, hard_mask_at=0.75, **elsewhere)
 
 
-def test_budget_mode_trains_every_methods_model_without_dropout(tmp_path):
+def test_budget_mode_trains_every_methods_model_without_dropout(tmp_path, monkeypatch):
     from torch import nn
 
     from conftest import mlm_dataset, tiny_teacher, tiny_tokenizer
+    from wid_hf.baselines.weight_distillation import WeightGenerator
     from wid_hf.pipeline import build_trainer
 
+    generator_dropout, forward = [], WeightGenerator.forward
+
+    def recording_forward(self, *args, **kwargs):  # Weight Distillation's generator phase trains inside build_trainer
+        generator_dropout.append({m.p for m in self.modules() if isinstance(m, nn.Dropout)})
+        return forward(self, *args, **kwargs)
+
+    monkeypatch.setattr(WeightGenerator, "forward", recording_forward)
     teacher, tokenizer = tiny_teacher(dropout=0.1), tiny_tokenizer(tmp_path / "tokenizer")
     for settings, expected in ((dict(method="wid"), 0.0), (dict(method="random"), 0.0),
+                               (dict(method="weight-distill"), 0.0),
                                (dict(method="random", train_dropout=0.2), 0.2),
                                (dict(method="random", budget_mode=False), 0.1)):  # unset: the teacher's
         job = Job.create(output_dir=str(tmp_path / "job"), max_steps=20, target_hidden_size=24,
@@ -182,6 +191,7 @@ def test_budget_mode_trains_every_methods_model_without_dropout(tmp_path):
         trainer = build_trainer(job, teacher, tokenizer, mlm_dataset(), job.wid.resolve(teacher.config), None)
         assert {m.p for m in trainer.model.modules() if isinstance(m, nn.Dropout)} == {expected}, settings
         assert trainer.model.config.hidden_dropout_prob == 0.1  # a saved student keeps the teacher's
+    assert generator_dropout and all(p == {0.0} for p in generator_dropout)  # its first phase too
     assert {m.p for m in teacher.modules() if isinstance(m, nn.Dropout)} == {0.1}  # the teacher is not touched
 
 

@@ -527,9 +527,12 @@ def _weight_distilled_student(teacher, train, collator, wid_config: WIDConfig, l
     import torch
 
     from .baselines.weight_distillation import WeightGenerator
+    from .utils import set_dropout
 
     generator = WeightGenerator(teacher, wid_config.target_hidden_size, wid_config.target_intermediate_size,
                                 num_hidden_layers=len(layers) if layers else None, seed=job.training.seed)
+    if wid_config.train_dropout is not None:  # its student's forward trains as every method's does
+        set_dropout(generator, wid_config.train_dropout)
     loader = torch.utils.data.DataLoader(train, batch_size=job.training.per_device_train_batch_size, shuffle=True,
                                          collate_fn=collator,
                                          generator=torch.Generator().manual_seed(job.training.seed))
