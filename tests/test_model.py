@@ -251,6 +251,23 @@ def test_merge_is_exact_for_task_models(cls):
     assert (ours - theirs).abs().max() <= 1e-4
 
 
+@pytest.mark.parametrize("strategy", ["dim", "head"])
+def test_merge_folds_in_float64_and_rounds_once(strategy):
+    """A float32 model's student holds the float64 folds rounded to float32: what merging a float64 copy gives."""
+    import copy
+
+    from wid_hf.merge import merged_state_dict
+
+    model = trained_wid(tiny_teacher(hidden=48, heads=4, intermediate=96), target_hidden_size=24,
+                        target_intermediate_size=40, head_strategy=strategy)
+    ours = merged_state_dict(model, progressbar=False)
+    exact = merged_state_dict(copy.deepcopy(model).double(), progressbar=False)
+    assert set(ours) == set(exact)
+    for name, tensor in ours.items():
+        assert tensor.dtype == torch.float32, name
+        assert torch.equal(tensor, exact[name].float()), name
+
+
 def test_merge_preserves_dtype():
     teacher = tiny_teacher().to(torch.bfloat16)
     model = trained_wid(teacher, target_ratio=0.5)
