@@ -172,6 +172,25 @@ def dropout_words(value):
             "rows" if value is None else f"{value:g} for every method")
 
 
+def method_dropout(setup, name):
+    """The dropout method `name` trained with in a results file of this `setup`: --train-dropout where given, else the
+    method's own (0 under budget mode, the baselines with it; the teacher's 0.1 for the reference WID rows); files
+    written before --train-dropout existed trained every method at the teacher's 0.1."""
+    if "train_dropout" not in setup:
+        return DROPOUT_BEFORE
+    if setup["train_dropout"] is not None:
+        return setup["train_dropout"]
+    return DROPOUT_BEFORE if RUNS.get(name, {}).get("budget_mode", True) is False else 0.0
+
+
+def dropout_line(by_method):
+    """'Dropout while training: ...' for {method: dropout}, the value once when every method shares it."""
+    values = set(by_method.values())
+    said = (f"{values.pop():g} for every method" if len(values) == 1 else
+            ", ".join(f"{name} {p:g}" for name, p in by_method.items()))
+    return f"Dropout while training: {said}."
+
+
 def check_dropout(path, a):
     """The methods of one results file train with one dropout: refuse to add rows at another."""
     results = _load(path, {})
@@ -523,7 +542,15 @@ def seeds_table(out, paths):
     steps = steps.pop()
     stem = os.path.join(out, f"seeds-{steps}") if os.path.isdir(out) else out
     methods = [name for name in runs[0]["methods"] if name != "teacher" and all(name in r["methods"] for r in runs)]
-    table = {"steps": steps, "files": list(paths), "methods": {}}
+    dropout = {}
+    for name in methods:  # seeds of one method at two dropouts would read as the spread over seeds
+        values = {method_dropout(r["setup"], name) for r in runs}
+        if len(values) != 1:
+            said = " and ".join(f"{v:g}" for v in sorted(values))
+            raise SystemExit(f"--seeds-table: {name} trained with dropout {said} in these runs; a seeds table takes "
+                             "runs at one dropout (benchmarks/quality.py --train-dropout)")
+        dropout[name] = values.pop()
+    table = {"steps": steps, "files": list(paths), "train_dropout": dropout, "methods": {}}
     for name in methods:
         table["methods"][name] = {str(r["setup"]["seed"]): {k: r["methods"][name][k] for k in
                                                             ("validation", "heldout", "train_seconds")}
@@ -547,8 +574,8 @@ def seeds_table(out, paths):
     with open(stem + ".md", "w") as f:
         seeds = sorted({s for by_seed in table["methods"].values() for s in by_seed}, key=int)
         f.write(f"Masked-LM accuracy at {steps} steps over training seeds {', '.join(seeds)} (mean ± std, then per "
-                "seed in that order; --seed changes the training order and any random initialisation).\n\n"
-                + "\n".join(rows) + "\n")
+                "seed in that order; --seed changes the training order and any random initialisation). "
+                + dropout_line(dropout) + "\n\n" + "\n".join(rows) + "\n")
 
 
 def seeds_sweep_chart(out, paths):
@@ -572,9 +599,13 @@ def seeds_sweep_chart(out, paths):
     if len(set(budgets)) != len(budgets):
         raise SystemExit(f"--seeds-sweep-chart needs one seeds table per budget, got steps {budgets}")
 
-    series = {}  # method -> [(steps, seeds, held-out (mean, std), validation (mean, std), mean train s)]
+    series, dropout = {}, {}  # method -> [(steps, seeds, held-out (mean, std), validation (mean, std), mean train s)]
     for t in tables:
         for name, by_seed in t["methods"].items():
+            p = t.get("train_dropout", {}).get(name, DROPOUT_BEFORE)  # tables from before: the teacher's 0.1
+            if dropout.setdefault(name, p) != p:  # one line through two settings would read as a trend
+                raise SystemExit(f"--seeds-sweep-chart: {name} trained with dropout {dropout[name]:g} in one table and "
+                                 f"{p:g} in another; give tables at one dropout")
             runs = [by_seed[s] for s in sorted(by_seed, key=int)]
             series.setdefault(name, []).append((
                 t["steps"], len(runs), _mean_std([r["heldout"]["mlm_accuracy"] for r in runs]),
@@ -589,7 +620,8 @@ def seeds_sweep_chart(out, paths):
     with open(out + ".md", "w") as f:
         f.write("Masked-LM accuracy by training budget over training seeds (mean ± std): held-out (BBC News, decides "
                 "nothing) / validation (held back from the training corpus, decides); mean training seconds and the "
-                "number of seeds in brackets. From: " + ", ".join(os.path.basename(p) for p in paths) + ".\n\n"
+                "number of seeds in brackets. " + dropout_line(dropout) + " From: "
+                + ", ".join(os.path.basename(p) for p in paths) + ".\n\n"
                 + "\n".join(rows) + "\n")
     fig, (ax_v, ax_s, ax_t) = plt.subplots(1, 3, figsize=(16, 4.2))
     for name, points in series.items():
@@ -608,6 +640,7 @@ def seeds_sweep_chart(out, paths):
     ax_t.xaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
     ax_t.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
     ax_s.legend(fontsize="small", loc="upper left")
+    fig.suptitle(dropout_line(dropout).rstrip("."), fontsize="medium")
     fig.tight_layout()
     fig.savefig(out + ".png", dpi=110)
     plt.close(fig)

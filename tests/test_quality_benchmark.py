@@ -147,3 +147,40 @@ def test_rate_follows_shared_rates_to_a_searched_method(tmp_path):
     assert quality.rate(a, "wid-budget+logit", 600) == 2e-4
     searched.write_text(json.dumps({"chosen": {"etd-impt+mlm": 3e-4, "etd-impt+mlm-warm": 1e-3}}))
     assert quality.rate(a, "etd-impt+logit-warm", 600) == 1e-3
+
+
+def test_seeds_tables_and_their_chart_keep_one_dropout_per_method(tmp_path):
+    """Seeds of a method at two dropouts would read as the spread over seeds, and a sweep through two settings as a
+    trend: both are refused, and the tables say which dropout trained each method."""
+    sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+    import quality
+
+    def run(name, seed, steps=120, **setup):  # a quality-<steps>.json as far as the seeds tables read it
+        entry = {"validation": {"mlm_accuracy": 0.2, "mlm_loss": 5.0}, "train_seconds": 10.0,
+                 "heldout": {"mlm_accuracy": 0.1 + seed / 100, "mlm_loss": 6.0}}
+        path = tmp_path / f"{name}-{seed}.json"
+        path.write_text(json.dumps({"setup": {"steps": steps, "seed": seed, **setup},
+                                    "methods": {"wid-budget": entry, "wid-reference": entry}}))
+        return str(path)
+
+    # each method's own (no --train-dropout): 0 in budget mode, the teacher's 0.1 for the reference WID rows
+    quality.seeds_table(str(tmp_path / "own"), [run("own", 0, train_dropout=None), run("own", 1, train_dropout=None)])
+    assert json.loads((tmp_path / "own.json").read_text())["train_dropout"] == {"wid-budget": 0.0, "wid-reference": 0.1}
+    assert "Dropout while training: wid-budget 0, wid-reference 0.1." in (tmp_path / "own.md").read_text()
+    # --train-dropout 0 is budget mode's own value, not the reference rows'; a file from before the flag is 0.1
+    with pytest.raises(SystemExit, match="wid-reference trained with dropout 0 and 0.1 in these runs"):
+        quality.seeds_table(str(tmp_path / "mixed"),
+                            [run("own", 0, train_dropout=None), run("zero", 1, train_dropout=0)])
+    with pytest.raises(SystemExit, match="wid-budget trained with dropout 0 and 0.1 in these runs"):
+        quality.seeds_table(str(tmp_path / "mixed"), [run("own", 0, train_dropout=None), run("before", 1)])
+    assert not (tmp_path / "mixed.json").exists()
+    quality.seeds_table(str(tmp_path / "before"), [run("before", 0, steps=600), run("before", 1, steps=600)])
+    assert "Dropout while training: 0.1 for every method." in (tmp_path / "before.md").read_text()
+
+    quality.seeds_sweep_chart(str(tmp_path / "sweep"), [str(tmp_path / "own.json")])
+    assert "Dropout while training: wid-budget 0, wid-reference 0.1." in (tmp_path / "sweep.md").read_text()
+    table = json.loads((tmp_path / "before.json").read_text())
+    del table["train_dropout"]  # a seeds table written before tables kept their dropout: the teacher's 0.1
+    (tmp_path / "before.json").write_text(json.dumps(table))
+    with pytest.raises(SystemExit, match="wid-budget trained with dropout 0 in one table and 0.1 in another"):
+        quality.seeds_sweep_chart(str(tmp_path / "mixed"), [str(tmp_path / "own.json"), str(tmp_path / "before.json")])
