@@ -204,6 +204,19 @@ def check_dropout(path, a):
                          + " to add to them, or another --out / --without-from.")
 
 
+def check_method_dropout(path, a, name):
+    """An option is compared with its method's row in `path` at the same dropout. The file's other rows do not
+    matter here, so a row trained at the method's own dropout (no --train-dropout: 0 in budget mode) compares with a
+    run given that value (--train-dropout 0), which check_dropout, guarding the whole file's setup, refuses."""
+    results = _load(path, {})
+    if name not in results.get("methods", {}):
+        return
+    then, now = method_dropout(results.get("setup", {}), name), method_dropout({"train_dropout": a.train_dropout}, name)
+    if then != now:
+        raise SystemExit(f"{path}'s {name} trained with dropout {then:g}, this run would train it with {now:g}: give "
+                         f"--train-dropout {then:g}, or another --without-from.")
+
+
 def _load(path, default):
     if os.path.isfile(path):
         with open(path) as f:
@@ -319,7 +332,7 @@ def ablations(a):
             if key in found["runs"] and not a.without_from:
                 continue  # measured, and compared with the run it was compared with then
             source = os.path.join(a.without_from or a.out, f"quality-{steps}.json")
-            check_dropout(source, a)  # with and without the option at one dropout
+            check_method_dropout(source, a, base)  # with and without the option at one dropout
             if key not in found["runs"]:
                 lr = rate(a, base, steps)  # a variant runs at its method's rate
                 report = run_method(base, a, steps, lr, a.workdir, ablation=name)

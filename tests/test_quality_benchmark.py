@@ -184,3 +184,31 @@ def test_seeds_tables_and_their_chart_keep_one_dropout_per_method(tmp_path):
     (tmp_path / "before.json").write_text(json.dumps(table))
     with pytest.raises(SystemExit, match="wid-budget trained with dropout 0 in one table and 0.1 in another"):
         quality.seeds_sweep_chart(str(tmp_path / "mixed"), [str(tmp_path / "own.json"), str(tmp_path / "before.json")])
+
+
+def test_an_ablation_compares_with_its_methods_row_at_the_same_dropout(tmp_path):
+    """The method's row decides, not the file's setup: budget mode's own dropout is 0, so --train-dropout 0 compares
+    with a row run without the flag; the teacher's 0.1 does not, nor does a file from before the flag."""
+    sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+    import quality
+
+    def results(**setup):
+        path = tmp_path / f"quality-{len(list(tmp_path.iterdir()))}.json"
+        path.write_text(json.dumps({"setup": setup, "methods": {"wid-budget": {}, "wid-reference": {}}}))
+        return str(path)
+
+    def given(value):
+        return quality.argparse.Namespace(train_dropout=value)
+
+    own = results(train_dropout=None)
+    quality.check_method_dropout(own, given(0.0), "wid-budget")
+    quality.check_method_dropout(own, given(None), "wid-budget")
+    with pytest.raises(SystemExit, match="wid-budget trained with dropout 0, this run would train it with 0.1"):
+        quality.check_method_dropout(own, given(0.1), "wid-budget")
+    with pytest.raises(SystemExit, match="give --train-dropout 0.1"):  # the reference rows' own is the teacher's
+        quality.check_method_dropout(own, given(0.0), "wid-reference")
+    before = results()  # no train_dropout: every row at the teacher's 0.1
+    quality.check_method_dropout(before, given(0.1), "wid-budget")
+    with pytest.raises(SystemExit, match="give --train-dropout 0.1"):
+        quality.check_method_dropout(before, given(None), "wid-budget")
+    quality.check_method_dropout(before, given(0.0), "etd-impt+mlm")  # no row of that method: nothing to compare
