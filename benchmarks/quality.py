@@ -540,11 +540,26 @@ def _mean_std(values):
     return statistics.mean(values), statistics.stdev(values) if len(values) > 1 else 0.0
 
 
+def _ablation_rows(path, steps):
+    """The ablations measured against the results file `path` (its folder's ablations.json, rows whose --without-from
+    is that file), as rows named '<method> <option>' with the dropout each trained at."""
+    runs = _load(os.path.join(os.path.dirname(path) or ".", "ablations.json"), {}).get("runs", {})
+    setup = _load(path, {}).get("setup", {})
+
+    def against(run):  # the path is recorded as given, usually relative to the repository root
+        recorded = run.get("without_from") or ""
+        return any(os.path.isfile(c) and os.path.samefile(c, path)
+                   for c in (recorded, os.path.join(os.path.dirname(HERE), recorded)))
+
+    return {f"{r['method']} {r['option']}": {**r, "train_dropout": r.get("train_dropout", method_dropout(
+        setup, r["method"]))} for r in runs.values() if r["steps"] == steps and against(r)}
+
+
 def seeds_table(out, paths):
     """seeds-<steps>.{json,md}: the same budget run with several --seed values (one quality-<steps>.json each, e.g.
     from `--seed 1 --out DIR`), masked-LM accuracy as mean ± std over the seeds and per seed, for every method that
-    every run holds, but the teacher. `out` is a folder (the files go inside it) or a file stem (`out`.json /
-    `out`.md)."""
+    every run holds, but the teacher, and every ablation (`--ablation`, '<method> <option>') measured against each of
+    these files. `out` is a folder (the files go inside it) or a file stem (`out`.json / `out`.md)."""
     missing = [p for p in paths if not os.path.isfile(p)]
     if not paths or missing:
         raise SystemExit(f"--seeds-table OUT FILE...: give one quality-<steps>.json per seed; not found: {missing}")
@@ -554,10 +569,13 @@ def seeds_table(out, paths):
         raise SystemExit(f"--seeds-table needs runs of one budget, got steps {sorted(steps)}")
     steps = steps.pop()
     stem = os.path.join(out, f"seeds-{steps}") if os.path.isdir(out) else out
-    methods = [name for name in runs[0]["methods"] if name != "teacher" and all(name in r["methods"] for r in runs)]
+    ablations = [_ablation_rows(p, steps) for p in paths]
+    rows_of = [{**r["methods"], **a} for r, a in zip(runs, ablations)]
+    methods = [name for name in rows_of[0] if name != "teacher" and all(name in rows for rows in rows_of)]
     dropout = {}
     for name in methods:  # seeds of one method at two dropouts would read as the spread over seeds
-        values = {method_dropout(r["setup"], name) for r in runs}
+        values = {a[name]["train_dropout"] if name in a else method_dropout(r["setup"], name)
+                  for r, a in zip(runs, ablations)}
         if len(values) != 1:
             said = " and ".join(f"{v:g}" for v in sorted(values))
             raise SystemExit(f"--seeds-table: {name} trained with dropout {said} in these runs; a seeds table takes "
@@ -565,9 +583,9 @@ def seeds_table(out, paths):
         dropout[name] = values.pop()
     table = {"steps": steps, "files": list(paths), "train_dropout": dropout, "methods": {}}
     for name in methods:
-        table["methods"][name] = {str(r["setup"]["seed"]): {k: r["methods"][name][k] for k in
+        table["methods"][name] = {str(r["setup"]["seed"]): {k: rows[name][k] for k in
                                                             ("validation", "heldout", "train_seconds")}
-                                  for r in runs}
+                                  for r, rows in zip(runs, rows_of)}
     _save(stem + ".json", table)
 
     def spread(values, digits=3):

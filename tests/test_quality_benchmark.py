@@ -212,3 +212,40 @@ def test_an_ablation_compares_with_its_methods_row_at_the_same_dropout(tmp_path)
     with pytest.raises(SystemExit, match="give --train-dropout 0.1"):
         quality.check_method_dropout(before, given(None), "wid-budget")
     quality.check_method_dropout(before, given(0.0), "etd-impt+mlm")  # no row of that method: nothing to compare
+
+
+def test_seeds_tables_take_the_ablations_measured_against_each_seeds_file(tmp_path):
+    """An ablation (--ablation) measured against every seed's results file is a row of the seeds table, named
+    '<method> <option>'; one measured against another file, at another budget or on some seeds only is not."""
+    sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+    import quality
+
+    def row(accuracy):
+        return {"validation": {"mlm_accuracy": accuracy, "mlm_loss": 4.0}, "train_seconds": 100.0,
+                "heldout": {"mlm_accuracy": accuracy / 2, "mlm_loss": 6.0}}
+
+    paths = []
+    for seed in (0, 1, 2):
+        folder = tmp_path / f"seed{seed}"
+        folder.mkdir()
+        path = folder / "quality-1500.json"
+        path.write_text(json.dumps({"setup": {"steps": 1500, "seed": seed, "train_dropout": None},
+                                    "methods": {"teacher": row(0.4), "wid-budget": row(0.37)}}))
+        runs = {"hard-at-0.4@1500": {"option": "hard-at-0.4", "method": "wid-budget", "steps": 1500,
+                                     "train_dropout": 0.0, "without_from": str(path), **row(0.36 + seed / 100)},
+                "hard-at-0.4@600": {"option": "hard-at-0.4", "method": "wid-budget", "steps": 600,
+                                    "without_from": str(path), **row(0.3)},
+                "elsewhere@1500": {"option": "elsewhere", "method": "wid-budget", "steps": 1500,
+                                   "without_from": str(tmp_path / "other.json"), **row(0.3)}}
+        if seed == 0:
+            runs["one-seed@1500"] = {"option": "one-seed", "method": "wid-budget", "steps": 1500,
+                                     "without_from": str(path), **row(0.3)}
+        (folder / "ablations.json").write_text(json.dumps({"runs": runs}))
+        paths.append(str(path))
+    quality.seeds_table(str(tmp_path / "seeds"), paths)
+    table = json.loads((tmp_path / "seeds.json").read_text())
+    assert list(table["methods"]) == ["wid-budget", "wid-budget hard-at-0.4"]
+    assert [table["methods"]["wid-budget hard-at-0.4"][s]["validation"]["mlm_accuracy"] for s in "012"] == [
+        0.36, 0.37, 0.38]
+    assert table["train_dropout"] == {"wid-budget": 0.0, "wid-budget hard-at-0.4": 0.0}
+    assert "| wid-budget hard-at-0.4 | 0.370 ± 0.010 |" in (tmp_path / "seeds.md").read_text()
