@@ -243,10 +243,14 @@ def test_budget_mode_reaches_its_targets_early_and_merges_exactly(tmp_path, stra
 
 
 def test_budget_schedule_places_hard_masks_at_the_fraction_asked():
-    for steps in (40, 120, 300, 1500, 40_000):
+    from wid_hf.config import BUDGET_LONG_RUN_STEPS
+
+    for steps in (40, 120, 300, 600, BUDGET_LONG_RUN_STEPS - 1, BUDGET_LONG_RUN_STEPS, 1500, 40_000):
         default = WIDConfig.for_budget(steps, target_ratio=0.5)
-        # nine equal intervals from step 0 to hard masks at 55%
-        assert (default.pruning_start, default.mask_interval) == (0, max(1, int(steps * 0.55 / 9 + 1e-9)))
+        # nine equal intervals from step 0 to hard masks at 55%, from 1,000 steps at 40%
+        fraction = 0.55 if steps < 1000 else 0.4
+        assert (default.pruning_start, default.mask_interval) == (0, max(1, int(steps * fraction / 9 + 1e-9)))
+        assert default == WIDConfig.for_budget(steps, hard_mask_at=fraction, target_ratio=0.5)
         for fraction in (0.28, 0.55, 0.75):
             c = WIDConfig.for_budget(steps, hard_mask_at=fraction, target_ratio=0.5)
             hard = c.pruning_start + (c.pruning_intervals + 1) * c.mask_interval

@@ -225,6 +225,28 @@ def test_a_directory_of_an_earlier_default_rate_names_the_flags_that_resume_it(t
     _check_output_dir(Job.create(**given))
 
 
+def test_a_directory_of_budget_modes_earlier_hard_mask_step_names_the_flag_that_resumes_it(tmp_path):
+    # hard masks at 55% of the run were budget mode's default at every length until 2026-12-02, 40% from 1,000 steps
+    for steps, interval in ((1000, 61), (1500, 91)):
+        earlier = Job.create(output_dir=str(tmp_path), max_steps=steps, hard_mask_at=0.55)
+        assert earlier.wid.mask_interval == interval != Job.create(output_dir="x", max_steps=steps).wid.mask_interval
+        (tmp_path / "checkpoints" / "checkpoint-50").mkdir(parents=True, exist_ok=True)
+        (tmp_path / "job.json").write_text(json.dumps({"identity": earlier.identity()}))
+        with pytest.raises(JobMismatchError, match=re.escape(
+                "(changed: wid; budget mode hardened masks at 55% of the run until 2026-12-02 (40% from 1,000 steps "
+                "since); to resume, give --hard_mask_at 0.55)")):
+            _check_output_dir(Job.create(output_dir=str(tmp_path), max_steps=steps))
+        given = parse_dataclass_command("compress", ["--output_dir", str(tmp_path), "--max_steps", str(steps),
+                                                     "--hard_mask_at", "0.55"])
+        assert Job.create(**given).identity() == earlier.identity()
+        _check_output_dir(Job.create(**given))
+    # another changed schedule keeps the general message
+    other = Job.create(output_dir=str(tmp_path), max_steps=1500, hard_mask_at=0.75)
+    (tmp_path / "job.json").write_text(json.dumps({"identity": other.identity()}))
+    with pytest.raises(JobMismatchError, match=re.escape("WIDConfig mask_interval: 125 then, 66 now")):
+        _check_output_dir(Job.create(output_dir=str(tmp_path), max_steps=1500))
+
+
 def test_etd_importance_sample_has_the_batches_asked_for():
     from datasets import Dataset
     from transformers import default_data_collator

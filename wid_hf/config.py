@@ -23,14 +23,30 @@ __all__ = ["WIDConfig", "TeacherDims", "PRESETS", "CONFIG_NAME"]
 HEAD_STRATEGIES = ("dim", "head")
 MASK_SCORINGS = ("reference", "aggregate", "taylor")
 DECAYS = ("reference", "linear")
-# Budget mode: masks become hard at this fraction of the run (WIDConfig.for_budget; docs/method.md, "Budget mode")
+# Budget mode: masks become hard at this fraction of the run (WIDConfig.for_budget; docs/method.md, "Budget mode"),
 BUDGET_HARD_MASK_AT = 0.55
+# ... and from BUDGET_LONG_RUN_STEPS steps (where budget mode's learning rates halve too, wid_hf.pipeline) at this
+# earlier one: an interval is long there (66 steps at 1,500), and 40% measured as accurate as 55% at 1,500 steps on
+# three seeds, in about a fifth less time on the two measured on one machine; at 600 steps it was mixed (a little lower
+# on validation over three seeds) and at 120 earlier hard masks (28%, 32.5%) were worse
+# (benchmarks/results/dropout/0/seeds-600.md, seeds-1500.md; docs/method.md, "Hard masks earlier or later")
+BUDGET_LONG_RUN_HARD_MASK_AT = 0.4
+BUDGET_LONG_RUN_STEPS = 1000
 # ... and the Taylor scores start from the teacher's on this many training batches (ETD-Impt scores on as many)
 BUDGET_TAYLOR_INIT_BATCHES = 16
 # ... and the model trains without dropout (WIDConfig.train_dropout)
 BUDGET_TRAIN_DROPOUT = 0.0
 # The Taylor scores' moving average spans this many optimizer steps by default (WIDConfig.taylor_window)
 TAYLOR_WINDOW = 10
+
+
+def budget_hard_mask_at(max_steps: int) -> float:
+    """The fraction of a budget-mode run of `max_steps` optimizer steps at which masks become hard by default.
+
+        >>> budget_hard_mask_at(300), budget_hard_mask_at(1500)
+        (0.55, 0.4)
+    """
+    return BUDGET_LONG_RUN_HARD_MASK_AT if max_steps >= BUDGET_LONG_RUN_STEPS else BUDGET_HARD_MASK_AT
 
 
 @dataclass(frozen=True)
@@ -250,25 +266,28 @@ class WIDConfig:
         return cls(**{**PRESETS[key], **overrides})
 
     @classmethod
-    def for_budget(cls, max_steps: int, hard_mask_at: float = BUDGET_HARD_MASK_AT, **overrides) -> "WIDConfig":
+    def for_budget(cls, max_steps: int, hard_mask_at: Optional[float] = None, **overrides) -> "WIDConfig":
         """Budget mode: WID for a run of `max_steps` optimizer steps (hundreds to tens of thousands), not the paper's
         400k. Indices are scored by first-order (Taylor) importance, each compactor's part taken on its own
         (`taylor_per_compactor`), starting from the teacher's own scores on `BUDGET_TAYLOR_INIT_BATCHES` training
         batches, so pruning can begin at once: the schedule runs nine equal intervals from step 0 to hard masks at
-        `hard_mask_at` of the run (default 55%: the first selection at about 6%, the targets at about 49%), and the
-        student trains at its final shape for the rest. Pruned entries decay linearly to exactly zero, pruned stays
-        pruned, no warm-up L2 shrinks the teacher, and the model trains without dropout. `overrides` are any WIDConfig
+        `hard_mask_at` of the run (default `budget_hard_mask_at(max_steps)`: 55% below 1,000 steps, the first
+        selection at about 6% and the targets at about 49%; 40% from 1,000 steps), and the student trains at its final
+        shape for the rest. Pruned entries decay linearly to exactly zero, pruned stays pruned, no warm-up L2 shrinks
+        the teacher, and the model trains without dropout. `overrides` are any WIDConfig
         fields (targets are required, as for WIDConfig). docs/method.md, "Budget mode", says why each differs from the
         reference.
 
             >>> c = WIDConfig.for_budget(1500, target_ratio=0.5)
             >>> c.pruning_start, c.mask_interval, c.pruning_intervals, c.mask_scoring, c.decay, c.taylor_init_batches
-            (0, 91, 8, 'taylor', 'linear', 16)
+            (0, 66, 8, 'taylor', 'linear', 16)
             >>> c.taylor_per_compactor, c.train_dropout
             (True, 0.0)
         """
         if max_steps < 4:
             raise ValueError(f"budget mode needs at least 4 steps, got {max_steps}.")
+        if hard_mask_at is None:
+            hard_mask_at = budget_hard_mask_at(max_steps)
         if not 0.0 < hard_mask_at < 1.0:
             raise ValueError(f"hard_mask_at is the fraction of the run at which masks become hard, so it must lie in "
                              f"(0, 1); got {hard_mask_at}.")

@@ -39,7 +39,8 @@ from dataclasses import dataclass, field
 from typing import Optional
 
 from . import __version__
-from .config import BUDGET_HARD_MASK_AT, PRESETS, TeacherDims, WIDConfig
+from .config import (BUDGET_HARD_MASK_AT, BUDGET_LONG_RUN_HARD_MASK_AT, BUDGET_LONG_RUN_STEPS, PRESETS,
+                     TeacherDims, WIDConfig)
 
 logger = logging.getLogger(__name__)
 
@@ -69,11 +70,11 @@ BUDGET_PRESET = "demo"
 # 1e-3, as for ETD-Impt), lr_search-600.json ({5e-4, 1e-3}: 1e-3 for both; for WID level with 5e-4 over three
 # seeds) and lr_search-1500.json ({2e-4, 5e-4, 1e-3}: 5e-4 for WID, 1e-3 still for ETD-Impt). At 1e-3 the teacher's loss
 # rises from 3.9 to 5.8 within 40 steps, before any index is pruned; a long run has the steps to learn at half the
-# rate and inherits more. From BUDGET_LONG_RUN_STEPS (between the searched 600 and 1,500) the lower rates apply. A
+# rate and inherits more. From BUDGET_LONG_RUN_STEPS (wid_hf.config; between the searched 600 and 1,500) the lower
+# rates apply, and hard masks come earlier (WIDConfig.for_budget). A
 # compactor rate of 2e-3 wrecks the teacher within two steps (docs/method.md, "Budget mode").
 BUDGET_LEARNING_RATE = 1e-3
 BUDGET_COMPACTOR_LEARNING_RATE = 1e-4
-BUDGET_LONG_RUN_STEPS = 1000
 BUDGET_LONG_RUN_LEARNING_RATE = 5e-4
 BUDGET_LONG_RUN_COMPACTOR_LEARNING_RATE = 5e-5
 # ETD-Impt's importance sample: 64 batches scored higher on the validation split than 16 (budget mode's
@@ -140,10 +141,11 @@ class JobArguments:
                 "schedule scaled to the run, budget learning rates, no dropout, for the baselines' students too); "
                 "--budget_mode false gives the reference method on the same scaled schedule instead."})
     hard_mask_at: Optional[float] = field(default=None, metadata={
-        "help": f"Budget mode: the fraction of the run at which masks become hard (default {BUDGET_HARD_MASK_AT}; "
-                "pruning runs from the start of the run to here, then the student trains at its final shape). Later "
-                "costs more time (pruning steps are the expensive ones); docs/method.md, 'Budget mode', has what "
-                "earlier and later measured."})
+        "help": f"Budget mode: the fraction of the run at which masks become hard (default {BUDGET_HARD_MASK_AT}, "
+                f"from {BUDGET_LONG_RUN_STEPS:,} steps {BUDGET_LONG_RUN_HARD_MASK_AT}; pruning runs from the "
+                "start of the run to here, then the student trains at its final shape). Later costs more time "
+                "(pruning steps are the expensive ones); docs/method.md, 'Budget mode', has what earlier and later "
+                "measured."})
     importance_batches: int = field(default=ETD_IMPORTANCE_BATCHES, metadata={
         "help": "ETD-Impt: training batches (of --per_device_train_batch_size) that its first-order importance is "
                 f"summed over, a seeded sample of the corpus (default {ETD_IMPORTANCE_BATCHES}; "
@@ -259,9 +261,7 @@ class Job:
                              "(--mask_interval / --pruning_intervals). Drop one or the other.")
         if budget and settings.get("budget_mode", True):
             sizes = {k: settings.get(k, wid.get(k)) for k in _SIZE_FIELDS}
-            hard_mask_at = settings.get("hard_mask_at")
-            hard_mask_at = BUDGET_HARD_MASK_AT if hard_mask_at is None else hard_mask_at
-            budget_wid = WIDConfig.for_budget(steps, hard_mask_at=hard_mask_at, **sizes)
+            budget_wid = WIDConfig.for_budget(steps, hard_mask_at=settings.get("hard_mask_at"), **sizes)
             wid.update({k: v for k, v in dataclasses.asdict(budget_wid).items() if v != _WID_DEFAULTS[k]})
             if method == "wid":
                 rates = budget_learning_rates(steps)
@@ -390,6 +390,27 @@ def _wid_changes(previous: dict, current: dict) -> str:
                "(--overwrite) or give a new --output_dir" if unset and not flags else ""))
 
 
+def _hard_mask_change(previous: dict, current: dict) -> str:
+    """Budget mode's hard-mask step, if the earlier job had it at BUDGET_HARD_MASK_AT where today's default is earlier
+    (from BUDGET_LONG_RUN_STEPS steps since 2026-12-02), with the flag that resumes it (--mask_interval
+    would leave budget mode)."""
+    steps = current.get("max_steps")
+    if not steps or steps < BUDGET_LONG_RUN_STEPS or previous.get("max_steps") != steps:
+        return ""
+    then = WIDConfig.for_budget(steps, hard_mask_at=BUDGET_HARD_MASK_AT, target_ratio=0.5)
+    schedule = {"mask_interval": then.mask_interval, "pruning_intervals": then.pruning_intervals}
+    keys = set(previous.get("wid", {})) | set(current["wid"]) | set(schedule)
+
+    def filled(wid):  # the identity leaves out fields at WIDConfig's default
+        return {k: wid.get(k, _WID_DEFAULTS.get(k)) for k in keys}
+
+    if filled(previous.get("wid", {})) != {**filled(current["wid"]), **schedule}:
+        return ""
+    return (f"; budget mode hardened masks at {BUDGET_HARD_MASK_AT:.0%} of the run until 2026-12-02 ("
+            f"{BUDGET_LONG_RUN_HARD_MASK_AT:.0%} from {BUDGET_LONG_RUN_STEPS:,} steps since); to resume, give "
+            f"--hard_mask_at {BUDGET_HARD_MASK_AT}")
+
+
 def _importance_change(previous: dict, current: dict) -> str:
     """ETD-Impt's importance sample, if it differs, with the flag that resumes the earlier job (an identity without
     it used 16, the default until 2026-11-28)."""
@@ -427,9 +448,10 @@ def _check_output_dir(job: Job) -> None:
             os.path.join(job.output_dir, "teacher", "final"))
         if previous != current and trained:
             changed = sorted(k for k in set(previous) | set(current) if previous.get(k) != current.get(k))
+            wid_changes = _hard_mask_change(previous, current) or _wid_changes(previous.get("wid", {}), current["wid"])
             raise JobMismatchError(
                 f"{job.output_dir} holds the checkpoint of a different job (changed: {', '.join(changed)}"
-                f"{_wid_changes(previous.get('wid', {}), current['wid'])}{_importance_change(previous, current)}"
+                f"{wid_changes}{_importance_change(previous, current)}"
                 f"{_rate_change(previous, current)}); use "
                 "another --output_dir, or --overwrite to start over there.")
     elif os.path.isdir(job.output_dir) and os.listdir(job.output_dir) and not overwrite:
