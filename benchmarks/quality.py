@@ -108,8 +108,9 @@ ABLATIONS = {
     "compactor-ratio-0": ("wid-budget", dict(compactor_ratio=0.0)),
     "compactor-ratio-0.03": ("wid-budget", dict(compactor_ratio=0.03)),
     "compactor-ratio-0.3": ("wid-budget", dict(compactor_ratio=0.3)),
-    # the Taylor scores' moving average over one mask interval (at least 10 steps; 36 at 600, 91 at 1,500) instead of
-    # ~10 steps, so the teacher's scores and more batches reach the selections of long runs
+    # the Taylor scores' moving average over one mask interval (at least 10 steps; 36 at 600, 66 at 1,500 since hard
+    # masks come at 40% there, 91 when it was measured) instead of ~10 steps, so the teacher's scores and more
+    # batches reach the selections of long runs
     "taylor-window-interval": ("wid-budget", dict(taylor_window=lambda steps: max(10, _budget_interval(steps)))),
     # a training step's Taylor score per compactor (each compactor's |sum of G*W|, summed over the group), the form of
     # the teacher's initial scores, instead of |sum over the whole group|: measured against the group form, then
