@@ -233,8 +233,8 @@ def test_a_directory_of_budget_modes_earlier_hard_mask_step_names_the_flag_that_
         (tmp_path / "checkpoints" / "checkpoint-50").mkdir(parents=True, exist_ok=True)
         (tmp_path / "job.json").write_text(json.dumps({"identity": earlier.identity()}))
         with pytest.raises(JobMismatchError, match=re.escape(
-                "(changed: wid; budget mode hardened masks at 55% of the run until 2026-12-02 (40% from 1,000 steps "
-                "since); to resume, give --hard_mask_at 0.55)")):
+                "(changed: wid; the earlier job hardened masks at 55% of the run (budget mode's default until "
+                "2026-12-02; 40% from 1,000 steps since); to resume, give --hard_mask_at 0.55)")):
             _check_output_dir(Job.create(output_dir=str(tmp_path), max_steps=steps))
         given = parse_dataclass_command("compress", ["--output_dir", str(tmp_path), "--max_steps", str(steps),
                                                      "--hard_mask_at", "0.55"])

@@ -274,9 +274,8 @@ class WIDConfig:
         `hard_mask_at` of the run (default `budget_hard_mask_at(max_steps)`: 55% below 1,000 steps, the first
         selection at about 6% and the targets at about 49%; 40% from 1,000 steps), and the student trains at its final
         shape for the rest. Pruned entries decay linearly to exactly zero, pruned stays pruned, no warm-up L2 shrinks
-        the teacher, and the model trains without dropout. `overrides` are any WIDConfig
-        fields (targets are required, as for WIDConfig). docs/method.md, "Budget mode", says why each differs from the
-        reference.
+        the teacher, and the model trains without dropout. `overrides` are any WIDConfig fields (targets are required,
+        as for WIDConfig). docs/method.md, "Budget mode", says why each differs from the reference.
 
             >>> c = WIDConfig.for_budget(1500, target_ratio=0.5)
             >>> c.pruning_start, c.mask_interval, c.pruning_intervals, c.mask_scoring, c.decay, c.taylor_init_batches

@@ -406,9 +406,9 @@ def _hard_mask_change(previous: dict, current: dict) -> str:
 
     if filled(previous.get("wid", {})) != {**filled(current["wid"]), **schedule}:
         return ""
-    return (f"; budget mode hardened masks at {BUDGET_HARD_MASK_AT:.0%} of the run until 2026-12-02 ("
-            f"{BUDGET_LONG_RUN_HARD_MASK_AT:.0%} from {BUDGET_LONG_RUN_STEPS:,} steps since); to resume, give "
-            f"--hard_mask_at {BUDGET_HARD_MASK_AT}")
+    return (f"; the earlier job hardened masks at {BUDGET_HARD_MASK_AT:.0%} of the run (budget mode's default until "
+            f"2026-12-02; {BUDGET_LONG_RUN_HARD_MASK_AT:.0%} from {BUDGET_LONG_RUN_STEPS:,} steps since); to resume, "
+            f"give --hard_mask_at {BUDGET_HARD_MASK_AT}")
 
 
 def _importance_change(previous: dict, current: dict) -> str:
