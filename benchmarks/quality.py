@@ -544,11 +544,10 @@ def _mean_std(values):
     return statistics.mean(values), statistics.stdev(values) if len(values) > 1 else 0.0
 
 
-def _ablation_rows(path, steps):
-    """The ablations measured against the results file `path` (its folder's ablations.json, rows whose --without-from
-    is that file), as rows named '<method> <option>' with the dropout each trained at."""
+def _ablation_rows(path, setup):
+    """The ablations measured against the results file `path` (of this `setup`; its folder's ablations.json, rows at
+    its steps whose --without-from is that file), as rows named '<method> <option>' with the dropout each trained at."""
     runs = _load(os.path.join(os.path.dirname(path) or ".", "ablations.json"), {}).get("runs", {})
-    setup = _load(path, {}).get("setup", {})
 
     def against(run):  # the path is recorded as given, usually relative to the repository root
         recorded = run.get("without_from") or ""
@@ -556,7 +555,7 @@ def _ablation_rows(path, steps):
                    for c in (recorded, os.path.join(os.path.dirname(HERE), recorded)))
 
     return {f"{r['method']} {r['option']}": {**r, "train_dropout": r.get("train_dropout", method_dropout(
-        setup, r["method"]))} for r in runs.values() if r["steps"] == steps and against(r)}
+        setup, r["method"]))} for r in runs.values() if r["steps"] == setup["steps"] and against(r)}
 
 
 def seeds_table(out, paths):
@@ -573,7 +572,7 @@ def seeds_table(out, paths):
         raise SystemExit(f"--seeds-table needs runs of one budget, got steps {sorted(steps)}")
     steps = steps.pop()
     stem = os.path.join(out, f"seeds-{steps}") if os.path.isdir(out) else out
-    ablations = [_ablation_rows(p, steps) for p in paths]
+    ablations = [_ablation_rows(p, r["setup"]) for p, r in zip(paths, runs)]
     rows_of = [{**r["methods"], **a} for r, a in zip(runs, ablations)]
     methods = [name for name in rows_of[0] if name != "teacher" and all(name in rows for rows in rows_of)]
     dropout = {}
