@@ -100,6 +100,9 @@ ABLATIONS = {
     # hard-at-0.55 measures the earlier default against today's at those lengths
     "hard-at-0.4": ("wid-budget", dict(hard_mask_at=0.4)),
     "hard-at-0.55": ("wid-budget", dict(hard_mask_at=0.55)),
+    # whether the best fraction keeps falling as runs grow: at 1,500 steps 30% leaves 50 steps between selections and
+    # 70% of the run at the final shape
+    "hard-at-0.3": ("wid-budget", dict(hard_mask_at=0.3)),
     # a longer learning-rate warm-up (10% of the run instead of 1%), for WID and for ETD-Impt alike
     "warmup-0.1": ("wid-budget", dict(warmup_steps=0.1)),
     "warmup-0.1/etd": ("etd-impt+mlm", dict(warmup_steps=0.1)),
