@@ -11,11 +11,14 @@ micro-batches) are counted with `torch.utils.flop_counter`. Ratios are to the pl
     python benchmarks/step_speed.py --device cuda --dtype bf16       # on a GPU machine: CUDA, bf16 autocast
     python benchmarks/step_speed.py --shapes minilm --batches 8 --accumulation 4 [--no-fold-once]
     python benchmarks/step_speed.py --device cuda --optimizer fused --no-before --compile default  # torch.compile
+    python benchmarks/step_speed.py --reproject [--name step_speed]  # projections again, from the committed step costs
 
 "before" rows are the code as it was: the full path under hard masks (teacher-size R·W·L products, masks
 multiplied in) and the MLM head at every position (transformers' own loss). "wid-hard-whole" is the student path
 with whole compactors (before `WIDModel.compact_compactors`); "wid-hard" compacts them, the default. Writes
-benchmarks/results/step_speed.{json,md}.
+benchmarks/results/step_speed.{json,md}. The projections depend on the schedule as well as on the step costs:
+`--reproject` recomputes them from a results file's measured rows with the schedule as it is now (budget mode's
+hard-mask step, say), measuring nothing and keeping the measurement date.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ import argparse
 import contextlib
 import json
 import os
+import re
 import resource
 import statistics
 import subprocess
@@ -241,7 +245,9 @@ def _hours(seconds: float) -> str:
     return f"{seconds / 3600:,.1f} h" if seconds >= 3600 else f"{seconds / 60:,.1f} min"
 
 
-def write_results(rows, meta, out_dir, name) -> str:
+def write_results(rows, meta, out_dir, name, reprojected: str | None = None) -> str:
+    """Write <name>.md and .json. `reprojected`: the date the projections were recomputed from rows measured on
+    meta["measured"] (--reproject)."""
     lines = [
         "| shape | batch | run | target | s/step | × teacher | × teacher (masked head) | GFLOP/step | FLOP ratio | "
         "share of FLOP bound | peak MiB | × teacher memory |",
@@ -273,7 +279,10 @@ def write_results(rows, meta, out_dir, name) -> str:
     compiled = (f" Every model, the teacher included, ran through torch.compile (mode {meta['compile']}); the warm-up "
                 "(compiling, recording graphs) is excluded from s/step and recorded as warmup_s in the JSON."
                 if meta.get("compile") else "")
-    text = (f"Measured {time.strftime('%Y-%m-%d')} on {meta}. AdamW implementation: {adamw}.{compiled}\n\n"
+    measured = {k: v for k, v in meta.items() if k != "measured"}
+    again = (f" Projections recomputed {reprojected} from these step costs with the schedule of that date "
+             "(`--reproject`)." if reprojected else "")
+    text = (f"Measured {meta['measured']} on {measured}. AdamW implementation: {adamw}.{compiled}{again}\n\n"
             "× teacher: step time over the plain teacher's (transformers' own MLM loss, head at every position), "
             "measured in the same run. FLOP ratio: the same for counted FLOPs; share of FLOP bound = FLOP ratio / "
             "time ratio (100%: the run is exactly as fast as its FLOPs allow, relative to the teacher). Peak memory: "
@@ -285,6 +294,22 @@ def write_results(rows, meta, out_dir, name) -> str:
     with open(os.path.join(out_dir, f"{name}.json"), "w") as f:
         json.dump({"meta": meta, "rows": rows, "projections": proj}, f, indent=2)
     return text
+
+
+def reproject(out_dir, name) -> str:
+    """Recompute the projections of `<out_dir>/<name>.json` from its measured rows with the current schedule."""
+    path = os.path.join(out_dir, f"{name}.json")
+    if not os.path.isfile(path):
+        raise SystemExit(f"--reproject reads measured step costs from {path}, which does not exist: run the benchmark "
+                         "first, or give the --out / --name of an existing results file.")
+    with open(path) as f:
+        results = json.load(f)
+    meta = dict(results["meta"])
+    if "measured" not in meta:  # files written before the date was kept in the JSON: the Markdown has it
+        md = os.path.join(out_dir, f"{name}.md")
+        found = re.match(r"Measured (\d{4}-\d{2}-\d{2})", open(md).read()) if os.path.isfile(md) else None
+        meta["measured"] = found.group(1) if found else "on an unrecorded date"
+    return write_results(results["rows"], meta, out_dir, name, reprojected=time.strftime("%Y-%m-%d"))
 
 
 def main():
@@ -312,6 +337,9 @@ def main():
                              "ratios are then to the compiled teacher")
     parser.add_argument("--no-before", dest="with_before", action="store_false",
                         help="skip the rows of the code as it was (the plain teacher's stays: ratios are to it)")
+    parser.add_argument("--reproject", action="store_true",
+                        help="measure nothing: recompute the projections of --out/--name's results (default "
+                             "step_speed) from its step costs with the schedule as it is now")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--shape", default="base", help=argparse.SUPPRESS)
     parser.add_argument("--mode", default="teacher", help=argparse.SUPPRESS)
@@ -321,6 +349,9 @@ def main():
     args = parser.parse_args()
     if args.worker:
         print(json.dumps(worker(args)))
+        return
+    if args.reproject:
+        print(reproject(args.out, args.name or "step_speed"))
         return
 
     import torch
@@ -363,7 +394,8 @@ def main():
 
     meta = {"torch": torch.__version__, "threads": torch.get_num_threads(), "cpu_count": os.cpu_count(),
             "device": args.device, "dtype": args.dtype, "repeats": args.repeats, "optimizer": args.optimizer,
-            "accumulation": args.accumulation, "fold_once": args.fold_once, "compile": args.compile}
+            "accumulation": args.accumulation, "fold_once": args.fold_once, "compile": args.compile,
+            "measured": time.strftime("%Y-%m-%d")}
     if args.device.startswith("cuda"):
         meta["gpu"] = torch.cuda.get_device_name()
     print(write_results(rows, meta, args.out, name))

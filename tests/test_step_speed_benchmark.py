@@ -94,3 +94,42 @@ def test_without_the_rows_of_the_code_as_it_was_the_teachers_reference_stays_and
     (entry, *budget) = step_speed.projections(rows)
     assert "before" not in entry and entry["after"] == pytest.approx(8_500 * 0.1 + 391_500 * 0.05)
     assert budget == []  # no MiniLM rows: no budget-mode projection
+
+
+def test_reproject_recomputes_stale_projections_from_the_measured_rows(tmp_path):
+    """--reproject measures nothing: it keeps a results file's rows and measurement date and recomputes the
+    projections with the schedule as it is now (a file whose 1,500-step budget run was projected with hard masks at
+    step 825 gets budget mode's current hard-mask step)."""
+    sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+    import step_speed
+    from wid_hf.config import TeacherDims, WIDConfig
+    from wid_hf.schedule import pruning_end_step
+
+    def row(mode, target, before, step_s):
+        return dict(shape="minilm", batch=8, seq=128, mode=mode, target=target, before=before, step_s=step_s,
+                    gflop=1.0, peak_mib=100.0)
+
+    rows = [row("teacher", "half", True, 0.9), row("student", "half", False, 0.3),
+            row("wid-pruning", "half", False, 1.1), row("wid-hard", "half", False, 0.6)]
+    stale = [{"run": "budget mode, 1500 steps", "hard_mask_step": 825, "total_steps": 1500, "after": 1.0}]
+    meta = {"torch": "x", "device": "cpu"}
+    (tmp_path / "old.json").write_text(json.dumps({"meta": meta, "rows": rows, "projections": stale}))
+    (tmp_path / "old.md").write_text("Measured 2026-01-02 on {...}.\n")
+
+    text = step_speed.reproject(str(tmp_path), "old")
+    written = json.loads((tmp_path / "old.json").read_text())
+    assert written["rows"] == rows and written["meta"]["measured"] == "2026-01-02"
+    assert text.startswith("Measured 2026-01-02 on ") and "Projections recomputed" in text
+    by_steps = {p["total_steps"]: p for p in written["projections"]}
+    assert set(by_steps) == set(step_speed.BUDGET_STEPS)
+    dims = TeacherDims(384, 1536, 12)
+    for steps, entry in by_steps.items():
+        config = WIDConfig.for_budget(steps, target_hidden_size=192, target_intermediate_size=768).resolve(dims)
+        hard = pruning_end_step(config, dims, {"hidden", "attention", "ffn", "head"}) + config.mask_interval
+        assert entry["hard_mask_step"] == hard
+        assert entry["after"] == pytest.approx(hard * 1.1 + (steps - hard) * 0.6)
+        assert entry["plain_student"] == pytest.approx(steps * 0.3)
+    assert by_steps[1500]["hard_mask_step"] != 825
+
+    with pytest.raises(SystemExit, match="does not exist"):
+        step_speed.reproject(str(tmp_path), "missing")
