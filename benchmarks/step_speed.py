@@ -304,10 +304,16 @@ def reproject(out_dir, name) -> str:
                          "first, or give the --out / --name of an existing results file.")
     with open(path) as f:
         results = json.load(f)
+    if not isinstance(results, dict) or not {"meta", "rows"} <= results.keys():
+        raise SystemExit(f"--reproject: {path} holds no measured rows (no 'meta' and 'rows'): it is not a results file "
+                         "of this benchmark; give the --out / --name of one.")
     meta = dict(results["meta"])
     if "measured" not in meta:  # files written before the date was kept in the JSON: the Markdown has it
         md = os.path.join(out_dir, f"{name}.md")
-        found = re.match(r"Measured (\d{4}-\d{2}-\d{2})", open(md).read()) if os.path.isfile(md) else None
+        found = None
+        if os.path.isfile(md):
+            with open(md) as f:
+                found = re.match(r"Measured (\d{4}-\d{2}-\d{2})", f.read())
         meta["measured"] = found.group(1) if found else "on an unrecorded date"
     return write_results(results["rows"], meta, out_dir, name, reprojected=time.strftime("%Y-%m-%d"))
 

@@ -133,3 +133,6 @@ def test_reproject_recomputes_stale_projections_from_the_measured_rows(tmp_path)
 
     with pytest.raises(SystemExit, match="does not exist"):
         step_speed.reproject(str(tmp_path), "missing")
+    (tmp_path / "other.json").write_text(json.dumps({"setup": {}, "runs": {}}))  # another benchmark's results
+    with pytest.raises(SystemExit, match="not a results file of this benchmark"):
+        step_speed.reproject(str(tmp_path), "other")
