@@ -111,6 +111,9 @@ ABLATIONS = {
     "compactor-ratio-0": ("wid-budget", dict(compactor_ratio=0.0)),
     "compactor-ratio-0.03": ("wid-budget", dict(compactor_ratio=0.03)),
     "compactor-ratio-0.3": ("wid-budget", dict(compactor_ratio=0.3)),
+    # from 1,000 steps budget mode halves the inherited weights' rate to 5e-4, and the compactors' with it (5e-5); at
+    # 0.2 the compactors keep 1e-4, their rate in shorter runs, which did not wreck the teacher there
+    "compactor-ratio-0.2": ("wid-budget", dict(compactor_ratio=0.2)),
     # the Taylor scores' moving average over one mask interval (at least 10 steps; 36 at 600, 66 at 1,500 since hard
     # masks come at 40% there, 91 when it was measured) instead of ~10 steps, so the teacher's scores and more
     # batches reach the selections of long runs
