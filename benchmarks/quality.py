@@ -34,8 +34,8 @@ fine-tuning, and writes ablations.{json,md} beside the method's own row of quali
 validation split. `--seed N` runs everything with another training seed (work folders get a -seedN suffix).
 `--sweep-chart` draws budget_sweep.{png,md} from every quality-<steps>.json; `--seeds-table OUT FILE...` writes
 seeds-<steps>.{json,md} (into the folder OUT, or as OUT.{json,md}) from runs of one budget with different --seed
-values; `--seeds-sweep-chart OUT FILE...` draws OUT.{png,md} from such seeds tables, one per budget. Run it in the
-background:
+values; `--seeds-sweep-chart OUT FILE[:OLD=NEW]...` draws OUT.{png,md} from such seeds tables, one per budget (OLD=NEW draws
+that table's method OLD as NEW). Run it in the background:
 
     nohup python benchmarks/quality.py --search --steps 120 --methods wid-budget etd-impt+mlm > runs/search.log 2>&1 &
     nohup python benchmarks/quality.py --steps 600 --methods wid-budget etd-impt+mlm > runs/q600.log 2>&1 &
@@ -618,10 +618,35 @@ def seeds_table(out, paths):
                 + dropout_line(dropout) + "\n\n" + "\n".join(rows) + "\n")
 
 
-def seeds_sweep_chart(out, paths):
+def _chart_table(arg):
+    """A `--seeds-sweep-chart` argument, 'FILE' or 'FILE:OLD=NEW[,OLD=NEW...]': the seeds table's path and the
+    methods to draw under another name (e.g. a run that is, at this budget, what another table's row measured)."""
+    if os.path.isfile(arg) or ":" not in arg:
+        return arg, {}
+    path, _, renames = arg.rpartition(":")
+    pairs = [r.split("=", 1) for r in renames.split(",")]
+    if not all(len(p) == 2 and all(p) for p in pairs):
+        raise SystemExit(f"--seeds-sweep-chart: {arg!r}: give FILE or FILE:OLD=NEW[,OLD=NEW...]")
+    return path, dict(pairs)
+
+
+def _teacher_of(table):
+    """The teacher's row of the results files a seeds table was made from (paths as recorded: from the working
+    directory or the repository root), or None where none of them is here."""
+    for path in table.get("files", []):
+        for candidate in (path, os.path.join(ROOT, path)):
+            teacher = _load(candidate, {}).get("methods", {}).get("teacher") if os.path.isfile(candidate) else None
+            if teacher:
+                return teacher
+    return None
+
+
+def seeds_sweep_chart(out, args, share=0.85):
     """`out`.{md,png}: the budget sweep over training seeds, from seeds tables (`--seeds-table`, one per budget):
     mean ± std of held-out and validation masked-LM accuracy against steps, and held-out against mean wall time, for
-    every method the tables hold (a method missing from a budget has no point there)."""
+    every method the tables hold (a method missing from a budget has no point there). An argument 'FILE:OLD=NEW' draws
+    that table's method OLD as NEW (said in `out`.md). Where the tables' results files are at hand, the teacher's
+    validation accuracy and `share` of its held-out accuracy are drawn as lines (the issue's target: 85%)."""
     import statistics
 
     import matplotlib
@@ -630,19 +655,34 @@ def seeds_sweep_chart(out, paths):
     import matplotlib.pyplot as plt
     import matplotlib.ticker
 
+    given = [_chart_table(a) for a in args]
+    paths = [p for p, _ in given]
     missing = [p for p in paths if not os.path.isfile(p)]
     if not paths or missing:
         raise SystemExit(f"--seeds-sweep-chart OUT FILE...: give one seeds table (--seeds-table) per budget; not found: "
                          f"{missing}")
-    tables = sorted((_load(p, {}) for p in paths), key=lambda t: t["steps"])
+    tables = sorted(({**_load(p, {}), "renames": r, "path": p} for p, r in given), key=lambda t: t["steps"])
     budgets = [t["steps"] for t in tables]
     if len(set(budgets)) != len(budgets):
         raise SystemExit(f"--seeds-sweep-chart needs one seeds table per budget, got steps {budgets}")
+    for t in tables:
+        unknown = sorted(set(t["renames"]) - set(t["methods"]))
+        if unknown:
+            raise SystemExit(f"--seeds-sweep-chart: {t['path']} has no method {', '.join(unknown)} to draw under another "
+                             f"name; it holds {', '.join(t['methods'])}")
+    teachers = {json.dumps(teacher, sort_keys=True) for teacher in map(_teacher_of, tables) if teacher}
+    if len(teachers) > 1:  # one line through runs of two teachers would compare nothing
+        raise SystemExit("--seeds-sweep-chart: these tables' results files hold different teachers; chart one at a time")
+    teacher = json.loads(teachers.pop()) if teachers else None
 
     series, dropout = {}, {}  # method -> [(steps, seeds, held-out (mean, std), validation (mean, std), mean train s)]
     for t in tables:
-        for name, by_seed in t["methods"].items():
-            p = t.get("train_dropout", {}).get(name, DROPOUT_BEFORE)  # tables from before: the teacher's 0.1
+        for own, by_seed in t["methods"].items():
+            name = t["renames"].get(own, own)
+            if name in t["methods"] and name != own and name not in t["renames"]:
+                raise SystemExit(f"--seeds-sweep-chart: {t['path']} holds {name} already; drawing {own} as it would "
+                                 "give that budget two points")
+            p = t.get("train_dropout", {}).get(own, DROPOUT_BEFORE)  # tables from before: the teacher's 0.1
             if dropout.setdefault(name, p) != p:  # one line through two settings would read as a trend
                 raise SystemExit(f"--seeds-sweep-chart: {name} trained with dropout {dropout[name]:g} in one table and "
                                  f"{p:g} in another; give tables at one dropout")
@@ -661,8 +701,12 @@ def seeds_sweep_chart(out, paths):
         f.write("Masked-LM accuracy by training budget over training seeds (mean ± std): held-out (BBC News, decides "
                 "nothing) / validation (held back from the training corpus, decides); mean training seconds and the "
                 "number of seeds in brackets. " + dropout_line(dropout) + " From: "
-                + ", ".join(os.path.basename(p) for p in paths) + ".\n\n"
-                + "\n".join(rows) + "\n")
+                + ", ".join(os.path.basename(t["path"]) + "".join(f" (its {a} drawn as {b})" for a, b in
+                                                                   t["renames"].items()) for t in tables) + "."
+                + (f" Teacher: held-out {teacher['heldout']['mlm_accuracy']:.3f} ({share:.0%}: "
+                   f"{share * teacher['heldout']['mlm_accuracy']:.3f}), validation "
+                   f"{teacher['validation']['mlm_accuracy']:.3f}." if teacher else "")
+                + "\n\n" + "\n".join(rows) + "\n")
     fig, (ax_v, ax_s, ax_t) = plt.subplots(1, 3, figsize=(16, 4.2))
     for name, points in series.items():
         steps, _, held, val, seconds = zip(*points)
@@ -671,6 +715,13 @@ def seeds_sweep_chart(out, paths):
         color = line[0].get_color()
         ax_v.errorbar(steps, [v[0] for v in val], yerr=[v[1] for v in val], marker="o", capsize=3, color=color)
         ax_t.errorbar(seconds, [h[0] for h in held], yerr=[h[1] for h in held], marker="o", capsize=3, color=color)
+    if teacher:
+        mark = share * teacher["heldout"]["mlm_accuracy"]
+        for ax in (ax_s, ax_t):
+            ax.axhline(mark, color="grey", linestyle="--", linewidth=1, label=f"{share:.0%} of the teacher ({mark:.3f})")
+        ax_v.axhline(teacher["validation"]["mlm_accuracy"], color="grey", linestyle=":", linewidth=1,
+                     label=f"teacher ({teacher['validation']['mlm_accuracy']:.3f})")
+        ax_v.legend(fontsize="small", loc="upper left")
     for ax, title in ((ax_v, "Validation (training domain), equal steps"), (ax_s, "Held-out (BBC News), equal steps")):
         ax.set(xscale="log", xlabel="optimizer steps (8 x 128)", ylabel="MLM accuracy", title=title)
         ax.set_xticks(budgets, [str(s) for s in budgets])
@@ -679,7 +730,7 @@ def seeds_sweep_chart(out, paths):
     ax_t.xaxis.set_major_locator(matplotlib.ticker.LogLocator(subs=(1, 2, 5)))  # 50, 100, 200, ... in plain numbers
     ax_t.xaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
     ax_t.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
-    ax_s.legend(fontsize="small", loc="upper left")
+    ax_s.legend(fontsize="small", loc="lower right")  # the lines rise to the upper right
     fig.suptitle(dropout_line(dropout).rstrip("."), fontsize="medium")
     fig.tight_layout()
     fig.savefig(out + ".png", dpi=110)

@@ -186,6 +186,46 @@ def test_seeds_tables_and_their_chart_keep_one_dropout_per_method(tmp_path):
         quality.seeds_sweep_chart(str(tmp_path / "mixed"), [str(tmp_path / "own.json"), str(tmp_path / "before.json")])
 
 
+def test_seeds_chart_draws_a_method_under_another_name_and_the_teachers_mark(tmp_path):
+    """'FILE:OLD=NEW' puts a table's OLD on NEW's line (the md says so); a name the table lacks, or one that would give
+    a budget two points, is refused; the teacher's mark comes from the results files the tables were made from."""
+    sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+    import quality
+
+    def table(steps, **methods):  # a seeds table (--seeds-table) as far as the chart reads it
+        results = tmp_path / f"quality-{steps}.json"
+        results.write_text(json.dumps({"methods": {"teacher": {"heldout": {"mlm_accuracy": 0.3},
+                                                               "validation": {"mlm_accuracy": 0.4}}}}))
+        path = tmp_path / f"seeds-{steps}.json"
+        path.write_text(json.dumps({"steps": steps, "files": [str(results)], "train_dropout": {m: 0.0 for m in methods},
+                                    "methods": {m: {"0": {"heldout": {"mlm_accuracy": h}, "train_seconds": 10.0,
+                                                          "validation": {"mlm_accuracy": h + 0.1}}}
+                                                for m, h in methods.items()}}))
+        return str(path)
+
+    short = table(600, **{"wid-budget": 0.21, "wid-budget hard-at-0.4": 0.22})
+    long = table(3000, **{"wid-budget": 0.25})
+    quality.seeds_sweep_chart(str(tmp_path / "sweep"), [short, long + ":wid-budget=wid-budget hard-at-0.4"])
+    md = (tmp_path / "sweep.md").read_text()
+    assert "seeds-3000.json (its wid-budget drawn as wid-budget hard-at-0.4)" in md
+    assert "| wid-budget | 0.210 ± 0.000 / 0.310 ± 0.000 (10; 1 seeds) | - |" in md  # no 3,000-step point
+    assert "| wid-budget hard-at-0.4 | 0.220 ± 0.000 / 0.320 ± 0.000 (10; 1 seeds) | 0.250 ± 0.000" in md
+    assert "Teacher: held-out 0.300 (85%: 0.255), validation 0.400." in md
+    assert (tmp_path / "sweep.png").is_file()
+    with pytest.raises(SystemExit, match="has no method wid-late to draw under another name"):
+        quality.seeds_sweep_chart(str(tmp_path / "bad"), [long + ":wid-late=wid-budget"])
+    with pytest.raises(SystemExit, match="holds wid-budget already"):
+        quality.seeds_sweep_chart(str(tmp_path / "bad"), [short + ":wid-budget hard-at-0.4=wid-budget"])
+    with pytest.raises(SystemExit, match="give FILE or FILE:OLD=NEW"):
+        quality.seeds_sweep_chart(str(tmp_path / "bad"), [long + ":wid-budget"])
+    other = json.loads((tmp_path / "quality-600.json").read_text())
+    other["methods"]["teacher"]["heldout"]["mlm_accuracy"] = 0.2
+    (tmp_path / "quality-600.json").write_text(json.dumps(other))
+    with pytest.raises(SystemExit, match="hold different teachers"):
+        quality.seeds_sweep_chart(str(tmp_path / "bad"), [short, long])
+    assert not (tmp_path / "bad.md").exists()
+
+
 def test_an_ablation_compares_with_its_methods_row_at_the_same_dropout(tmp_path):
     """The method's row decides, not the file's setup: budget mode's own dropout is 0, so --train-dropout 0 compares
     with a row run without the flag; the teacher's 0.1 does not, nor does a file from before the flag."""
