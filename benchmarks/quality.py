@@ -34,8 +34,8 @@ fine-tuning, and writes ablations.{json,md} beside the method's own row of quali
 validation split. `--seed N` runs everything with another training seed (work folders get a -seedN suffix).
 `--sweep-chart` draws budget_sweep.{png,md} from every quality-<steps>.json; `--seeds-table OUT FILE...` writes
 seeds-<steps>.{json,md} (into the folder OUT, or as OUT.{json,md}) from runs of one budget with different --seed
-values; `--seeds-sweep-chart OUT FILE[:OLD=NEW]...` draws OUT.{png,md} from such seeds tables, one per budget (OLD=NEW draws
-that table's method OLD as NEW). Run it in the background:
+values; `--seeds-sweep-chart OUT FILE[:OLD=NEW]...` draws OUT.{png,md} from such seeds tables, one per budget
+(OLD=NEW draws that table's method OLD as NEW). Run it in the background:
 
     nohup python benchmarks/quality.py --search --steps 120 --methods wid-budget etd-impt+mlm > runs/search.log 2>&1 &
     nohup python benchmarks/quality.py --steps 600 --methods wid-budget etd-impt+mlm > runs/q600.log 2>&1 &
@@ -668,20 +668,23 @@ def seeds_sweep_chart(out, args, share=0.85):
     for t in tables:
         unknown = sorted(set(t["renames"]) - set(t["methods"]))
         if unknown:
-            raise SystemExit(f"--seeds-sweep-chart: {t['path']} has no method {', '.join(unknown)} to draw under another "
-                             f"name; it holds {', '.join(t['methods'])}")
+            raise SystemExit(f"--seeds-sweep-chart: {t['path']} has no method {', '.join(unknown)} to draw under "
+                             f"another name; it holds {', '.join(t['methods'])}")
+        drawn = [t["renames"].get(own, own) for own in t["methods"]]
+        twice = sorted({name for name in drawn if drawn.count(name) > 1})
+        if twice:  # one budget, two points on one line
+            raise SystemExit(f"--seeds-sweep-chart: {t['path']} would draw two of its methods as {', '.join(twice)}; "
+                             "draw each line once per budget")
     teachers = {json.dumps(teacher, sort_keys=True) for teacher in map(_teacher_of, tables) if teacher}
     if len(teachers) > 1:  # one line through runs of two teachers would compare nothing
-        raise SystemExit("--seeds-sweep-chart: these tables' results files hold different teachers; chart one at a time")
+        raise SystemExit("--seeds-sweep-chart: these tables' results files hold different teachers; chart one at a "
+                         "time")
     teacher = json.loads(teachers.pop()) if teachers else None
 
     series, dropout = {}, {}  # method -> [(steps, seeds, held-out (mean, std), validation (mean, std), mean train s)]
     for t in tables:
         for own, by_seed in t["methods"].items():
             name = t["renames"].get(own, own)
-            if name in t["methods"] and name != own and name not in t["renames"]:
-                raise SystemExit(f"--seeds-sweep-chart: {t['path']} holds {name} already; drawing {own} as it would "
-                                 "give that budget two points")
             p = t.get("train_dropout", {}).get(own, DROPOUT_BEFORE)  # tables from before: the teacher's 0.1
             if dropout.setdefault(name, p) != p:  # one line through two settings would read as a trend
                 raise SystemExit(f"--seeds-sweep-chart: {name} trained with dropout {dropout[name]:g} in one table and "
@@ -718,7 +721,8 @@ def seeds_sweep_chart(out, args, share=0.85):
     if teacher:
         mark = share * teacher["heldout"]["mlm_accuracy"]
         for ax in (ax_s, ax_t):
-            ax.axhline(mark, color="grey", linestyle="--", linewidth=1, label=f"{share:.0%} of the teacher ({mark:.3f})")
+            ax.axhline(mark, color="grey", linestyle="--", linewidth=1,
+                       label=f"{share:.0%} of the teacher ({mark:.3f})")
         ax_v.axhline(teacher["validation"]["mlm_accuracy"], color="grey", linestyle=":", linewidth=1,
                      label=f"teacher ({teacher['validation']['mlm_accuracy']:.3f})")
         ax_v.legend(fontsize="small", loc="upper left")

@@ -214,8 +214,14 @@ def test_seeds_chart_draws_a_method_under_another_name_and_the_teachers_mark(tmp
     assert (tmp_path / "sweep.png").is_file()
     with pytest.raises(SystemExit, match="has no method wid-late to draw under another name"):
         quality.seeds_sweep_chart(str(tmp_path / "bad"), [long + ":wid-late=wid-budget"])
-    with pytest.raises(SystemExit, match="holds wid-budget already"):
+    with pytest.raises(SystemExit, match="would draw two of its methods as wid-budget; draw each line once"):
         quality.seeds_sweep_chart(str(tmp_path / "bad"), [short + ":wid-budget hard-at-0.4=wid-budget"])
+    with pytest.raises(SystemExit, match="would draw two of its methods as wid-late"):
+        quality.seeds_sweep_chart(str(tmp_path / "bad"),
+                                  [short + ":wid-budget=wid-late,wid-budget hard-at-0.4=wid-late"])
+    quality.seeds_sweep_chart(str(tmp_path / "swap"),  # a swap gives each line one point
+                              [short + ":wid-budget=wid-budget hard-at-0.4,wid-budget hard-at-0.4=wid-budget"])
+    assert "| wid-budget | 0.220 ± 0.000" in (tmp_path / "swap.md").read_text()
     with pytest.raises(SystemExit, match="give FILE or FILE:OLD=NEW"):
         quality.seeds_sweep_chart(str(tmp_path / "bad"), [long + ":wid-budget"])
     other = json.loads((tmp_path / "quality-600.json").read_text())
