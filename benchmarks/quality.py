@@ -550,15 +550,19 @@ def _mean_std(values):
     return statistics.mean(values), statistics.stdev(values) if len(values) > 1 else 0.0
 
 
+def _recorded(path):
+    """Where a path recorded in a results file (as given: from the working directory, usually the repository root)
+    is found here: the files among the two readings that exist."""
+    return [c for c in (path, os.path.join(ROOT, path)) if path and os.path.isfile(c)]
+
+
 def _ablation_rows(path, setup):
     """The ablations measured against the results file `path` (of this `setup`; its folder's ablations.json, rows at
     its steps whose --without-from is that file), as rows named '<method> <option>' with the dropout each trained at."""
     runs = _load(os.path.join(os.path.dirname(path) or ".", "ablations.json"), {}).get("runs", {})
 
-    def against(run):  # the path is recorded as given, usually relative to the repository root
-        recorded = run.get("without_from") or ""
-        return any(os.path.isfile(c) and os.path.samefile(c, path)
-                   for c in (recorded, os.path.join(os.path.dirname(HERE), recorded)))
+    def against(run):
+        return any(os.path.samefile(c, path) for c in _recorded(run.get("without_from") or ""))
 
     return {f"{r['method']} {r['option']}": {**r, "train_dropout": r.get("train_dropout", method_dropout(
         setup, r["method"]))} for r in runs.values() if r["steps"] == setup["steps"] and against(r)}
@@ -631,11 +635,10 @@ def _chart_table(arg):
 
 
 def _teacher_of(table):
-    """The teacher's row of the results files a seeds table was made from (paths as recorded: from the working
-    directory or the repository root), or None where none of them is here."""
+    """The teacher's row of the results files a seeds table was made from, or None where none of them is here."""
     for path in table.get("files", []):
-        for candidate in (path, os.path.join(ROOT, path)):
-            teacher = _load(candidate, {}).get("methods", {}).get("teacher") if os.path.isfile(candidate) else None
+        for candidate in _recorded(path):
+            teacher = _load(candidate, {}).get("methods", {}).get("teacher")
             if teacher:
                 return teacher
     return None
@@ -675,11 +678,11 @@ def seeds_sweep_chart(out, args, share=0.85):
         if twice:  # one budget, two points on one line
             raise SystemExit(f"--seeds-sweep-chart: {t['path']} would draw two of its methods as {', '.join(twice)}; "
                              "draw each line once per budget")
-    teachers = {json.dumps(teacher, sort_keys=True) for teacher in map(_teacher_of, tables) if teacher}
-    if len(teachers) > 1:  # one line through runs of two teachers would compare nothing
+    teachers = [teacher for teacher in map(_teacher_of, tables) if teacher]
+    if any(teacher != teachers[0] for teacher in teachers):  # one line through runs of two teachers compares nothing
         raise SystemExit("--seeds-sweep-chart: these tables' results files hold different teachers; chart one at a "
                          "time")
-    teacher = json.loads(teachers.pop()) if teachers else None
+    teacher = teachers[0] if teachers else None
 
     series, dropout = {}, {}  # method -> [(steps, seeds, held-out (mean, std), validation (mean, std), mean train s)]
     for t in tables:
