@@ -126,6 +126,10 @@ ABLATIONS = {
     # budget mode's starting scores likewise (64 batches, drawn as WIDTrainer draws them)
     "importance-batches-64/etd": ("etd-impt+mlm-warm", dict(importance_batches=64)),
     "taylor-init-64": ("wid-budget", dict(taylor_init_batches=64)),
+    # 30% of training tokens masked instead of 15% (twice the predictions per step, more corrupted inputs), for WID
+    # and ETD-Impt alike; validation and held-out still mask 15%
+    "mlm-0.3": ("wid-budget", dict(mlm_probability=0.3)),
+    "mlm-0.3/etd": ("etd-impt+mlm-warm", dict(mlm_probability=0.3)),
 }
 
 

@@ -47,6 +47,9 @@ def test_demo_job_keeps_the_identity_of_earlier_job_directories():
     assert warm.identity()["warmup_steps"] == 0.1
     assert warm.training_arguments("x").warmup_steps == 0.1
     assert Job.create(output_dir="x").training_arguments("x").warmup_steps == 0.01  # WIDTrainingArguments' default
+    # --mlm_probability likewise joins the identity only when it is not BERT's 15%
+    assert "mlm_probability" not in Job.create(output_dir="x", mlm_probability=0.15).identity()
+    assert Job.create(output_dir="x", mlm_probability=0.3).identity()["mlm_probability"] == 0.3
 
 
 def test_presets_budget_schedule_and_method_defaults():
@@ -84,6 +87,8 @@ def test_presets_budget_schedule_and_method_defaults():
     (dict(keep_layers="top:2"), "lower:N"),
     (dict(method="etd-impt", importance_batches=0), "--importance_batches must be at least 1"),
     (dict(importance_batches=32), "--taylor_init_batches"),
+    (dict(mlm_probability=0.0), "--mlm_probability must lie strictly between 0 and 1"),
+    (dict(mlm_probability=15), "--mlm_probability must lie strictly between 0 and 1"),
 ])
 def test_bad_job_settings_say_what_to_do(settings, message):
     with pytest.raises((TypeError, ValueError), match=message):
@@ -193,6 +198,26 @@ def test_budget_mode_trains_every_methods_model_without_dropout(tmp_path, monkey
         assert trainer.model.config.hidden_dropout_prob == 0.1  # a saved student keeps the teacher's
     assert generator_dropout and all(p == {0.0} for p in generator_dropout)  # its first phase too
     assert {m.p for m in teacher.modules() if isinstance(m, nn.Dropout)} == {0.1}  # the teacher is not touched
+
+
+def test_every_method_trains_on_batches_masked_at_the_jobs_mlm_probability(tmp_path):
+    import torch
+
+    from conftest import mlm_dataset, tiny_teacher, tiny_tokenizer
+    from wid_hf.pipeline import build_trainer
+
+    teacher, tokenizer = tiny_teacher(), tiny_tokenizer(tmp_path / "tokenizer")
+    train = mlm_dataset(n=64, static_labels=False)  # masked by the job's collator, as a corpus is
+    for method in ("wid", "etd-impt", "random"):
+        shares = {}
+        for p in (0.15, 0.45):
+            job = Job.create(output_dir=str(tmp_path / f"{method}-{p}"), method=method, max_steps=20,
+                             target_hidden_size=24, target_intermediate_size=40, mlm_probability=p)
+            trainer = build_trainer(job, teacher, tokenizer, train, job.wid.resolve(teacher.config), None)
+            torch.manual_seed(0)
+            labels = trainer.data_collator([train[i] for i in range(len(train))])["labels"]
+            shares[p] = (labels[:, 1:-1] != -100).float().mean().item()  # [CLS] and [SEP] are never masked
+        assert abs(shares[0.15] - 0.15) < 0.05 and abs(shares[0.45] - 0.45) < 0.05, (method, shares)
 
 
 def test_budget_mode_learns_at_half_the_rate_in_long_runs():

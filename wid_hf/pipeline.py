@@ -48,6 +48,7 @@ METHODS = ("wid", "etd-impt", "etd-rand", "truncation", "random", "weight-distil
 OBJECTIVES = ("mlm", "logit", "hidden", "attention_mse", "attention_kl")  # = wid_hf.baselines.distill.OBJECTIVES
 STUDENT_LEARNING_RATE = 5e-4  # every plain student (ETD, truncation, random init, Weight Distillation's student)
 KD_ALPHA = 0.5  # weight of a KD objective against the masked-LM loss
+MLM_PROBABILITY = 0.15  # share of tokens masked in training batches (BERT's); reports always mask 15%
 
 # Job presets: the WID targets and schedule, and the training length that goes with them. Learning rates not given
 # here are WIDTrainingArguments' (the reference optimisation: 1e-6 inherited, 5e-5 compactors).
@@ -170,6 +171,9 @@ class DataArguments:
         "help": "Held-out text for the report (default: offline-bbc, BBC News)."})
     text_column: str = field(default="text", metadata={"help": "Column holding the text."})
     max_seq_length: int = field(default=128, metadata={"aliases": ["--seq-len"], "help": "Tokens per sequence."})
+    mlm_probability: float = field(default=MLM_PROBABILITY, metadata={
+        "help": f"Share of tokens masked in training batches, for every method (default {MLM_PROBABILITY}, BERT's). "
+                "The validation and held-out reports always mask 15%%, so runs at different values compare."})
     validation_sequences: int = field(default=0, metadata={
         "help": "Hold out the last N packed sequences of the training corpus (never trained on) and report masked-LM "
                 "on them: the split to choose settings on, so that the held-out corpus stays untouched."})
@@ -290,6 +294,8 @@ class Job:
         parts = {klass: {k: v for k, v in filled.items() if known.get(k) is klass} for klass in ARGUMENT_CLASSES[:3]}
         job = cls(JobArguments(**parts[JobArguments]), DataArguments(**parts[DataArguments]),
                   JobTrainingArguments(**parts[JobTrainingArguments]), WIDConfig(**wid))
+        if not 0 < job.data.mlm_probability < 1:
+            raise ValueError(f"--mlm_probability must lie strictly between 0 and 1, not {job.data.mlm_probability}.")
         for part, name in ((job.training, "max_steps"), (job.training, "per_device_train_batch_size"),
                            (job.data, "max_seq_length"), (job.data, "eval_sequences"), (job.job, "importance_batches")):
             if getattr(part, name) < 1:
@@ -332,6 +338,8 @@ class Job:
             identity["importance_batches"] = j.importance_batches
         if d.validation_sequences:
             identity["validation_sequences"] = d.validation_sequences
+        if d.mlm_probability != MLM_PROBABILITY:  # only when changed: earlier job directories still resume
+            identity["mlm_probability"] = d.mlm_probability
         return json.loads(json.dumps(identity))
 
     def to_dict(self) -> dict:
@@ -592,7 +600,7 @@ def build_trainer(job: Job, teacher, tokenizer, train, wid_config: WIDConfig, la
     from .utils import set_dropout, student_config
 
     j = job.job
-    collator = DataCollatorForLanguageModeling(tokenizer, mlm_probability=0.15)
+    collator = DataCollatorForLanguageModeling(tokenizer, mlm_probability=job.data.mlm_probability)
     checkpoints = os.path.join(job.output_dir, "checkpoints")
     kd = {} if j.objective == "mlm" else dict(teacher=teacher, objective=j.objective, alpha=KD_ALPHA)
     torch.manual_seed(job.training.seed)
