@@ -130,6 +130,9 @@ ABLATIONS = {
     # and ETD-Impt alike; validation and held-out still mask 15%
     "mlm-0.3": ("wid-budget", dict(mlm_probability=0.3)),
     "mlm-0.3/etd": ("etd-impt+mlm-warm", dict(mlm_probability=0.3)),
+    # the third rate of the search (15% / 30% / 40%), the one Wettig et al. found best for BERT-large
+    "mlm-0.4": ("wid-budget", dict(mlm_probability=0.4)),
+    "mlm-0.4/etd": ("etd-impt+mlm-warm", dict(mlm_probability=0.4)),
 }
 
 
