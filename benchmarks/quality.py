@@ -31,7 +31,9 @@ saved at once and a rerun skips it (and every pipeline job resumes), so a long r
 paper's Adam-routed penalty instead of the linear decay) at --steps and the method's searched rate, with no
 fine-tuning, and writes ablations.{json,md} beside the method's own row of quality-<steps>.json (or, with
 `--without-from DIR`, beside DIR's run of it: WID runs on another CPU differ by rounding); options are adopted on the
-validation split. `--seed N` runs everything with another training seed (work folders get a -seedN suffix).
+validation split; `--search --ablation NAME` searches the learning rate of the method with the option (a run of the
+option already in --out's ablations.json at a rate of the grid counts), and the option's runs then take that rate.
+`--seed N` runs everything with another training seed (work folders get a -seedN suffix).
 `--sweep-chart` draws budget_sweep.{png,md} from every quality-<steps>.json; `--seeds-table OUT FILE...` writes
 seeds-<steps>.{json,md} (into the folder OUT, or as OUT.{json,md}) from runs of one budget with different --seed
 values; `--seeds-sweep-chart OUT FILE[:OLD=NEW]...` draws OUT.{png,md} from such seeds tables, one per budget
@@ -152,6 +154,11 @@ TASK_TITLES = {"bbc-topics": "BBC topics", "polarity": "polarity"}
 WID_COMPACTOR_RATIO = 0.1  # WID's compactor learning rate, as a fraction of the inherited weights' (every search)
 
 
+def run_label(name, ablation=None):
+    """A run's name: the method, '+<option>' where an ablation (a key of ABLATIONS) changes it."""
+    return name + (f"+{ablation.split('/')[0]}" if ablation else "")
+
+
 def run_method(name, a, steps, lr, workdir, ablation=None):
     """One method through the same pipeline as `wid-hf compress` / `wid-hf baseline` (resumes; a finished run
     returns its report). `ablation` (a key of ABLATIONS) changes the settings it names."""
@@ -169,7 +176,7 @@ def run_method(name, a, steps, lr, workdir, ablation=None):
         settings["compactor_learning_rate"] = lr * ratio
     if a.train_dropout is not None:
         settings["train_dropout"] = a.train_dropout
-    tag = name + (f"+{ablation.split('/')[0]}" if ablation else "")
+    tag = run_label(name, ablation)
     seed = f"-seed{a.seed}" if a.seed else ""  # seed 0 keeps the folder names of earlier runs
     job = Job.create(output_dir=os.path.join(workdir, f"{tag.replace('+', '_')}-{steps}-lr{lr:g}{seed}"),
                      teacher=a.teacher, corpus="offline-wiki", eval_corpus="offline-bbc", max_seq_length=a.seq_len,
@@ -248,25 +255,44 @@ def _save(path, data):
 
 
 def search(a):
-    """Every method at every learning rate of the grid, at --steps; the best by validation accuracy."""
-    path = os.path.join(a.out, f"lr_search-{a.steps[0]}.json")
-    found = _load(path, {"setup": {k: v for k, v in vars(a).items() if k != "out"}, "runs": {}, "chosen": {}})
+    """Every method at every learning rate of the grid, at --steps; the best by validation accuracy. With --ablation,
+    each option's method with the option instead, searched as '<method>+<option>' (its rate then serves the option's
+    runs); a run of the option already in --out's ablations.json at a rate of the grid (same steps and dropout) is
+    that rate's run, not trained again. Held-out numbers are recorded beside, never used to choose."""
+    steps = a.steps[0]
+    path = os.path.join(a.out, f"lr_search-{steps}.json")
+    searched = ([(name, None) for name in a.methods] if not a.ablation else
+                [(ablation_settings(option, steps)[0], option) for option in a.ablation])
+    found = _load(path, {"setup": {**{k: v for k, v in vars(a).items() if k != "out"}, "methods": []}, "runs": {},
+                         "chosen": {}})
     # a later search may widen the grid or add methods: the setup records every value and method searched
     found["setup"]["lr_grid"] = sorted(set(found["setup"]["lr_grid"]) | set(a.lr_grid))
-    found["setup"]["methods"] = list(dict.fromkeys([*found["setup"]["methods"], *a.methods]))
-    for name in a.methods:
+    found["setup"]["methods"] = list(dict.fromkeys([*found["setup"]["methods"],
+                                                    *(run_label(*run) for run in searched)]))
+    measured = _load(os.path.join(a.out, "ablations.json"), {"runs": {}})["runs"]
+    for name, option in searched:
+        label = run_label(name, option)
         for lr in a.lr_grid:
-            key = f"{name}@{lr:g}"
-            if key not in found["runs"]:
-                report = run_method(name, a, a.steps[0], lr, a.workdir)  # the budget run reuses the chosen one
-                found["runs"][key] = {"method": name, "learning_rate": lr,
+            key = f"{label}@{lr:g}"
+            if key in found["runs"]:
+                continue
+            done = measured.get(f"{option}@{steps}", {}) if option else {}
+            if (done.get("learning_rate") == lr
+                    and done.get("train_dropout") == method_dropout({"train_dropout": a.train_dropout}, name)):
+                found["runs"][key] = {"method": label, "learning_rate": lr, "validation": done["validation"],
+                                      "heldout": done["heldout"], "train_seconds": done["train_seconds"],
+                                      "from": "ablations.json"}
+            else:
+                report = run_method(name, a, steps, lr, a.workdir, ablation=option)  # a budget run reuses it
+                found["runs"][key] = {"method": label, "learning_rate": lr,
                                       "compactor_learning_rate": report["training"]["compactor_learning_rate"],
                                       "validation": report["validation"]["student"],
+                                      "heldout": report["heldout"]["student"],
                                       "train_seconds": report["training"]["seconds"]}
-                print(key, json.dumps(found["runs"][key]), flush=True)
-                _save(path, found)
-        tried = [r for r in found["runs"].values() if r["method"] == name]
-        found["chosen"][name] = max(tried, key=lambda r: r["validation"]["mlm_accuracy"])["learning_rate"]
+            print(key, json.dumps(found["runs"][key]), flush=True)
+            _save(path, found)
+        tried = [r for r in found["runs"].values() if r["method"] == label]
+        found["chosen"][label] = max(tried, key=lambda r: r["validation"]["mlm_accuracy"])["learning_rate"]
         _save(path, found)
     print("chosen:", json.dumps(found["chosen"]), flush=True)
 
@@ -280,7 +306,8 @@ def main():
     p.add_argument("--seq-len", type=int, default=128)
     p.add_argument("--hidden", type=int, default=192)
     p.add_argument("--ffn", type=int, default=768)
-    p.add_argument("--search", action="store_true", help="run the learning-rate search at --steps and stop")
+    p.add_argument("--search", action="store_true", help="run the learning-rate search at --steps and stop (with "
+                                                         "--ablation: of each option's method with the option)")
     p.add_argument("--lr-grid", type=float, nargs="+", default=[2e-4, 5e-4, 1e-3])
     p.add_argument("--lr-from", help="lr_search JSON whose choices to use (default: --out's lr_search-<steps>.json "
                                      "where there is one, then lr_search-120.json)")
@@ -318,13 +345,17 @@ def main():
         run_budget(a, steps)
 
 
-def rate(a, name, steps):
+def rate(a, name, steps, ablation=None):
     """A method's learning rate at `steps`: from --lr-from if given, else from the searches in --out, the one at these
-    steps (lr_search-<steps>.json) before the one at 120; a method's own choice before that of the method whose rate
-    it shares (SAME_RATE_AS, followed to its end); --lr for a method no search covered."""
+    steps (lr_search-<steps>.json) before the one at 120; with an `ablation`, the rate searched for the method with
+    it (--search --ablation) before the method's own; a method's own choice before that of the method whose rate it
+    shares (SAME_RATE_AS, followed to its end); --lr for a method no search covered."""
     budgets = dict.fromkeys((steps, 120))  # once each, in this order
     files = [a.lr_from] if a.lr_from else [os.path.join(a.out, f"lr_search-{n}.json") for n in budgets]
-    keys = [name]  # the method, then the method whose rate it shares, and so on (etd-impt+logit-warm -> ... +mlm)
+    # the method with the option, the method, then the method whose rate it shares, and so on (etd-impt+logit-warm
+    # -> ... +mlm)
+    keys = [run_label(name, ablation)] if ablation else []
+    keys.append(name)
     while keys[-1] in SAME_RATE_AS:
         keys.append(SAME_RATE_AS[keys[-1]])
     for path in files:
@@ -351,7 +382,7 @@ def ablations(a):
             source = os.path.join(a.without_from or a.out, f"quality-{steps}.json")
             check_method_dropout(source, a, base)  # with and without the option at one dropout
             if key not in found["runs"]:
-                lr = rate(a, base, steps)  # a variant runs at its method's rate
+                lr = rate(a, base, steps, name)  # the rate searched with the option, else its method's
                 report = run_method(base, a, steps, lr, a.workdir, ablation=name)
                 found["runs"][key] = {
                     "option": name, "method": base, "settings": settings, "steps": steps, "learning_rate": lr,
