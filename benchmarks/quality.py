@@ -257,8 +257,9 @@ def _save(path, data):
 def search(a):
     """Every method at every learning rate of the grid, at --steps; the best by validation accuracy. With --ablation,
     each option's method with the option instead, searched as '<method>+<option>' (its rate then serves the option's
-    runs); a run of the option already in --out's ablations.json at a rate of the grid (same steps and dropout) is
-    that rate's run, not trained again. Held-out numbers are recorded beside, never used to choose."""
+    runs); a run of the option already in --out's ablations.json at a rate of the grid (same steps, dropout and
+    seed) is that rate's run, not trained again; a record that does not say its seed (written before 2026-12-07) is
+    trained again. Held-out numbers are recorded beside, never used to choose."""
     steps = a.steps[0]
     path = os.path.join(a.out, f"lr_search-{steps}.json")
     searched = ([(name, None) for name in a.methods] if not a.ablation else
@@ -277,7 +278,7 @@ def search(a):
             if key in found["runs"]:
                 continue
             done = measured.get(f"{option}@{steps}", {}) if option else {}
-            if (done.get("learning_rate") == lr
+            if (done.get("learning_rate") == lr and done.get("seed") == a.seed
                     and done.get("train_dropout") == method_dropout({"train_dropout": a.train_dropout}, name)):
                 found["runs"][key] = {"method": label, "learning_rate": lr, "validation": done["validation"],
                                       "heldout": done["heldout"], "train_seconds": done["train_seconds"],
@@ -388,7 +389,7 @@ def ablations(a):
                     "option": name, "method": base, "settings": settings, "steps": steps, "learning_rate": lr,
                     "validation": report["validation"]["student"], "heldout": report["heldout"]["student"],
                     "train_seconds": report["training"]["seconds"], "hard_masks": report.get("hard_masks"),
-                    "train_dropout": report["wid_config"].get("train_dropout")}
+                    "train_dropout": report["wid_config"].get("train_dropout"), "seed": a.seed}
             # the method's own run: the committed one, or (--without-from) one from the same machine, where WID's
             # trajectory is not moved by another CPU's rounding
             reference = _load(source, {"methods": {}})["methods"].get(base, {})

@@ -299,39 +299,44 @@ def test_seeds_tables_take_the_ablations_measured_against_each_seeds_file(tmp_pa
 
 def test_a_search_of_an_option_reuses_its_measured_run_and_gives_the_options_rate(tmp_path):
     """--search --ablation searches the option's method with the option ('<method>+<option>'); a run of the option
-    already in --out's ablations.json at a rate of the grid counts as that rate's run (no training), and the option's
-    later runs take the rate chosen for it, not the method's."""
+    already in --out's ablations.json at a rate of the grid and the same seed counts as that rate's run (no
+    training), one of another seed does not, and the option's later runs take the rate chosen for it, not the
+    method's."""
     tokenizer = load_teacher(OFFLINE_TEACHER).tokenizer
     torch.manual_seed(0)
     BertForMaskedLM(tiny_config(vocab=len(tokenizer), layers=2)).save_pretrained(tmp_path / "teacher")
     tokenizer.save_pretrained(tmp_path / "teacher")
     out = tmp_path / "results"
     out.mkdir()
-    measured = {"learning_rate": 1e-3, "train_dropout": 0.0, "train_seconds": 1.0,
+    measured = {"learning_rate": 1e-3, "train_dropout": 0.0, "seed": 0, "train_seconds": 1.0,
                 "validation": {"mlm_accuracy": 0.99, "mlm_loss": 0.1}, "heldout": {"mlm_accuracy": 0.5, "mlm_loss": 1.0}}
-    (out / "ablations.json").write_text(json.dumps({"runs": {"mlm-0.3/etd@4": measured}}))
+    other_seed = {**measured, "seed": 1}
+    (out / "ablations.json").write_text(json.dumps({"runs": {"mlm-0.3/etd@4": measured,
+                                                            "mlm-0.4/etd@4": other_seed}}))
     common = [sys.executable, os.path.join(ROOT, "benchmarks", "quality.py"), "--teacher", str(tmp_path / "teacher"),
               "--steps", "4", "--batch", "2", "--seq-len", "32", "--hidden", "24", "--ffn", "48", "--eval-sequences", "4",
               "--validation-sequences", "4", "--workdir", str(tmp_path / "work"), "--out", str(out),
               "--train-dropout", "0"]
     env = {**os.environ, "PYTHONPATH": ROOT}
-    search = subprocess.run(common + ["--search", "--ablation", "mlm-0.3/etd", "--lr-grid", "1e-3", "2e-3"],
-                            capture_output=True, text=True, timeout=600, env=env)
+    search = subprocess.run(common + ["--search", "--ablation", "mlm-0.3/etd", "mlm-0.4/etd", "--lr-grid", "1e-3",
+                                      "2e-3"], capture_output=True, text=True, timeout=600, env=env)
     assert search.returncode == 0, search.stderr[-4000:]
     found = json.loads((out / "lr_search-4.json").read_text())
-    assert set(found["runs"]) == {"etd-impt+mlm-warm+mlm-0.3@0.001", "etd-impt+mlm-warm+mlm-0.3@0.002"}
+    assert set(found["runs"]) == {f"etd-impt+mlm-warm+mlm-0.{p}@0.00{n}" for p in (3, 4) for n in (1, 2)}
     reused, trained = found["runs"]["etd-impt+mlm-warm+mlm-0.3@0.001"], found["runs"]["etd-impt+mlm-warm+mlm-0.3@0.002"]
     assert reused["from"] == "ablations.json" and reused["validation"] == measured["validation"]
     assert "from" not in trained and trained["heldout"]["mlm_accuracy"] < 0.99  # trained: recorded on both splits
-    assert os.listdir(tmp_path / "work") and all("lr0.001" not in d for d in os.listdir(tmp_path / "work"))
-    assert found["chosen"] == {"etd-impt+mlm-warm+mlm-0.3": 1e-3}  # the better validation accuracy
-    assert found["setup"]["methods"] == ["etd-impt+mlm-warm+mlm-0.3"]
+    assert "from" not in found["runs"]["etd-impt+mlm-warm+mlm-0.4@0.001"]  # seed 1's run is no run of seed 0
+    work = os.listdir(tmp_path / "work")
+    assert "etd-impt_mlm-warm_mlm-0.4-4-lr0.001" in work and "etd-impt_mlm-warm_mlm-0.3-4-lr0.001" not in work
+    assert found["chosen"]["etd-impt+mlm-warm+mlm-0.3"] == 1e-3  # the better validation accuracy
+    assert found["setup"]["methods"] == ["etd-impt+mlm-warm+mlm-0.3", "etd-impt+mlm-warm+mlm-0.4"]
     # the option's rate serves its runs before the method's own (which a search at 15% chose)
     sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
     import quality
 
-    (out / "lr_search-4.json").write_text(json.dumps({**found, "chosen": {**found["chosen"],
-                                                                          "etd-impt+mlm-warm": 5e-4}}))
+    chosen = {"etd-impt+mlm-warm+mlm-0.3": 1e-3, "etd-impt+mlm-warm": 5e-4}
+    (out / "lr_search-4.json").write_text(json.dumps({**found, "chosen": chosen}))
     a = quality.argparse.Namespace(lr_from=None, out=str(out), lr=2e-4)
     assert quality.rate(a, "etd-impt+mlm-warm", 4, "mlm-0.3/etd") == 1e-3
     assert quality.rate(a, "etd-impt+mlm-warm", 4) == 5e-4
