@@ -36,8 +36,10 @@ option already in --out's ablations.json at a rate of the grid counts), and the 
 `--seed N` runs everything with another training seed (work folders get a -seedN suffix).
 `--sweep-chart` draws budget_sweep.{png,md} from every quality-<steps>.json; `--seeds-table OUT FILE...` writes
 seeds-<steps>.{json,md} (into the folder OUT, or as OUT.{json,md}) from runs of one budget with different --seed
-values; `--seeds-sweep-chart OUT FILE[:OLD=NEW]...` draws OUT.{png,md} from such seeds tables, one per budget
-(OLD=NEW draws that table's method OLD as NEW). Run it in the background:
+values; `--records-table OUT NAME=FILE:KEY[,FILE:KEY...]...` writes OUT.{json,md}, such a table from single runs
+recorded in ablations.json or lr_search-<steps>.json files (one per seed); `--seeds-sweep-chart OUT
+FILE[:OLD=NEW]...` draws OUT.{png,md} from seeds tables, one per budget (OLD=NEW draws that table's method OLD as NEW).
+Run it in the background:
 
     nohup python benchmarks/quality.py --search --steps 120 --methods wid-budget etd-impt+mlm > runs/search.log 2>&1 &
     nohup python benchmarks/quality.py --steps 600 --methods wid-budget etd-impt+mlm > runs/q600.log 2>&1 &
@@ -638,7 +640,75 @@ def seeds_table(out, paths):
         table["methods"][name] = {str(r["setup"]["seed"]): {k: rows[name][k] for k in
                                                             ("validation", "heldout", "train_seconds")}
                                   for r, rows in zip(runs, rows_of)}
+    _write_seeds_table(stem, table)
+
+
+def _base_method(label):
+    """The method of a run label ('<method>' or '<method>+<option>', run_label)."""
+    return max((name for name in RUNS if label == name or label.startswith(name + "+")), key=len, default=label)
+
+
+def _record(spec):
+    """One run recorded by an ablation (ablations.json) or a learning-rate search (lr_search-<steps>.json), given as
+    'FILE:KEY': its steps, seed, dropout, the results file it was compared with (None for a search) and its numbers."""
+    path, _, key = spec.rpartition(":")
+    data = _load(path, None) if path else None
+    if data is None or key not in data.get("runs", {}):
+        raise SystemExit(f"--records-table: {spec!r}: give FILE:KEY, a key of the \"runs\" of an ablations.json or "
+                         f"lr_search-<steps>.json" + (f"; {path} holds {', '.join(data['runs'])}" if data else ""))
+    run = data["runs"][key]
+    if "option" in run:  # an ablation's record
+        if "seed" not in run:
+            raise SystemExit(f"--records-table: {spec} does not record its seed (written before 2026-12-07); add "
+                             "\"seed\" to the record from its notes")
+        steps, seed, dropout = run["steps"], run["seed"], run["train_dropout"]
+    else:  # a search's: the search's setup holds what its runs share
+        setup = data["setup"]
+        steps, seed = setup["steps"][0], setup["seed"]
+        dropout = method_dropout(setup, _base_method(run["method"]))
+    return {"steps": steps, "seed": seed, "train_dropout": dropout, "file": run.get("without_from"),
+            **{k: run[k] for k in ("validation", "heldout", "train_seconds")}}
+
+
+def records_table(out, args):
+    """`out`.{json,md}: a seeds table, as --seeds-table writes it (for --seeds-sweep-chart), from single recorded
+    runs, e.g. each method at the masking and learning rates its searches chose. Each argument is
+    'NAME=FILE:KEY[,FILE:KEY...]': the method's name in the table and its runs, one per seed, all of one budget;
+    FILE is an ablations.json or an lr_search-<steps>.json, KEY a key of its "runs" ('mlm-0.3@600',
+    'wid-budget+mlm-0.3@0.001')."""
+    if not args:
+        raise SystemExit("--records-table OUT NAME=FILE:KEY[,FILE:KEY...]...: name at least one method and its runs")
+    table = {"files": [], "train_dropout": {}, "methods": {}, "runs": {}}
+    for arg in args:
+        name, _, specs = arg.partition("=")
+        if not name or not specs:
+            raise SystemExit(f"--records-table OUT NAME=FILE:KEY[,FILE:KEY...]...: {arg!r} names no runs")
+        if name in table["methods"]:
+            raise SystemExit(f"--records-table: {name} is named twice; give all its runs in one argument")
+        runs = [_record(spec) for spec in specs.split(",")]
+        seeds = [r["seed"] for r in runs]
+        if len(set(seeds)) != len(seeds):
+            raise SystemExit(f"--records-table: {name} has two runs of one seed ({seeds}); give one run per seed")
+        dropouts = {r["train_dropout"] for r in runs}
+        if len(dropouts) != 1:  # as in a seeds table: two dropouts would read as the spread over seeds
+            raise SystemExit(f"--records-table: {name}'s runs trained with dropout "
+                             f"{' and '.join(f'{p:g}' for p in sorted(dropouts))}; give runs at one dropout")
+        table["train_dropout"][name] = dropouts.pop()
+        table["runs"][name] = specs.split(",")
+        table["methods"][name] = {str(r["seed"]): {k: r[k] for k in ("validation", "heldout", "train_seconds")}
+                                  for r in runs}
+        table["files"] += [r["file"] for r in runs if r["file"] and r["file"] not in table["files"]]
+        table.setdefault("steps", runs[0]["steps"])
+        if any(r["steps"] != table["steps"] for r in runs):
+            raise SystemExit(f"--records-table needs runs of one budget, got steps "
+                             f"{sorted({r['steps'] for r in runs} | {table['steps']})}")
+    _write_seeds_table(out, table)
+
+
+def _write_seeds_table(stem, table):
+    """A seeds table's `stem`.json and `stem`.md."""
     _save(stem + ".json", table)
+    steps, dropout = table["steps"], table["train_dropout"]
 
     def spread(values, digits=3):
         mean, std = _mean_std(values)
@@ -658,7 +728,9 @@ def seeds_table(out, paths):
         seeds = sorted({s for by_seed in table["methods"].values() for s in by_seed}, key=int)
         f.write(f"Masked-LM accuracy at {steps} steps over training seeds {', '.join(seeds)} (mean ± std, then per "
                 "seed in that order; --seed changes the training order and any random initialisation). "
-                + dropout_line(dropout) + "\n\n" + "\n".join(rows) + "\n")
+                + dropout_line(dropout)
+                + "".join(f" {name}: {', '.join(specs)}." for name, specs in table.get("runs", {}).items())
+                + "\n\n" + "\n".join(rows) + "\n")
 
 
 def _chart_table(arg):
@@ -788,6 +860,8 @@ if __name__ == "__main__":
         sweep_chart(sys.argv[2] if len(sys.argv) > 2 else os.path.join(HERE, "results"))
     elif sys.argv[1:2] == ["--seeds-table"]:  # --seeds-table OUT quality-<steps>.json [...]: one per seed
         seeds_table(sys.argv[2], sys.argv[3:])
+    elif sys.argv[1:2] == ["--records-table"]:  # --records-table OUT NAME=FILE:KEY[,FILE:KEY...] [...]
+        records_table(sys.argv[2], sys.argv[3:])
     elif sys.argv[1:2] == ["--seeds-sweep-chart"]:  # --seeds-sweep-chart OUT seeds-<steps>.json [...]: one per budget
         seeds_sweep_chart(sys.argv[2], sys.argv[3:])
     else:

@@ -297,6 +297,68 @@ def test_seeds_tables_take_the_ablations_measured_against_each_seeds_file(tmp_pa
     assert "| wid-budget hard-at-0.4 | 0.370 ± 0.010 |" in (tmp_path / "seeds.md").read_text()
 
 
+def test_a_records_table_gathers_single_runs_of_ablations_and_searches_into_a_chartable_seeds_table(tmp_path):
+    """--records-table: runs recorded in ablations.json and lr_search-<steps>.json files, one per seed, make a seeds
+    table (each run's seed, dropout and numbers; the teacher's mark from the results files the ablations compared
+    with), which the sweep chart draws; runs of two budgets, two runs of a seed, two dropouts, a record that does not
+    say its seed and a key the file lacks are refused, naming what to give instead."""
+    sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+    import quality
+
+    def row(accuracy, seconds=100.0):
+        return {"validation": {"mlm_accuracy": accuracy, "mlm_loss": 4.0}, "train_seconds": seconds,
+                "heldout": {"mlm_accuracy": accuracy / 2, "mlm_loss": 6.0}}
+
+    results = tmp_path / "quality-600.json"
+    results.write_text(json.dumps({"setup": {"steps": 600, "seed": 1}, "methods": {"teacher": row(0.4)}}))
+    search = tmp_path / "lr_search-600.json"  # seed 0: the search's runs, one of them reused from an ablation
+    search.write_text(json.dumps({"setup": {"steps": [600], "seed": 0, "train_dropout": 0.0}, "runs": {
+        "wid-budget+mlm-0.3@0.001": {"method": "wid-budget+mlm-0.3", "learning_rate": 1e-3, **row(0.35, 600.0)},
+        "etd-impt+mlm-warm+mlm-0.4@0.002": {"method": "etd-impt+mlm-warm+mlm-0.4", "from": "ablations.json",
+                                            **row(0.34, 200.0)}}}))
+
+    def ablation(option, method, seed, accuracy, steps=600, **more):
+        return {"option": option, "method": method, "steps": steps, "seed": seed, "train_dropout": 0.0,
+                "without_from": str(results), **row(accuracy), **more}
+
+    ablations = tmp_path / "ablations.json"
+    ablations.write_text(json.dumps({"runs": {
+        "mlm-0.3@600": ablation("mlm-0.3", "wid-budget", 1, 0.36),
+        "mlm-0.4/etd@600": ablation("mlm-0.4/etd", "etd-impt+mlm-warm", 1, 0.33),
+        "mlm-0.3@120": ablation("mlm-0.3", "wid-budget", 1, 0.2, steps=120),
+        "dropout@600": ablation("dropout", "wid-budget", 2, 0.39, train_dropout=0.1),
+        "old@600": {k: v for k, v in ablation("old", "wid-budget", 2, 0.3).items() if k != "seed"}}}))
+    wid = f"WID={search}:wid-budget+mlm-0.3@0.001,{ablations}:mlm-0.3@600"
+    etd = f"ETD={search}:etd-impt+mlm-warm+mlm-0.4@0.002,{ablations}:mlm-0.4/etd@600"
+    out = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "quality.py"), "--records-table",
+                          str(tmp_path / "records-600"), wid, etd], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-4000:]
+    table = json.loads((tmp_path / "records-600.json").read_text())
+    assert table["steps"] == 600 and table["files"] == [str(results)]
+    assert table["train_dropout"] == {"WID": 0.0, "ETD": 0.0}
+    assert {s: r["validation"]["mlm_accuracy"] for s, r in table["methods"]["WID"].items()} == {"0": 0.35, "1": 0.36}
+    assert table["methods"]["ETD"]["0"]["train_seconds"] == 200.0
+    md = (tmp_path / "records-600.md").read_text()
+    assert "| WID | 0.355 ± 0.007 |" in md and f"{search}:wid-budget+mlm-0.3@0.001" in md
+    quality.seeds_sweep_chart(str(tmp_path / "sweep"), [str(tmp_path / "records-600.json")])
+    assert "Teacher: held-out 0.200 (85%: 0.170)" in (tmp_path / "sweep.md").read_text()
+
+    def refused(*args, match):
+        with pytest.raises(SystemExit, match=match):
+            quality.records_table(str(tmp_path / "bad"), list(args))
+
+    refused(f"WID={search}:wid-budget+mlm-0.3@0.001,{ablations}:mlm-0.3@120", match="runs of one budget, got steps "
+                                                                                     r"\[120, 600\]")
+    refused(f"WID={ablations}:mlm-0.3@600,{ablations}:mlm-0.4/etd@600", match=r"two runs of one seed \(\[1, 1\]\)")
+    refused(f"WID={search}:wid-budget+mlm-0.3@0.001,{ablations}:dropout@600", match="dropout 0 and 0.1")
+    refused(f"WID={ablations}:old@600", match="does not record its seed")
+    refused(f"WID={ablations}:mlm-0.3@3000", match="holds mlm-0.3@600, mlm-0.4/etd@600, mlm-0.3@120")
+    refused(f"WID={tmp_path / 'none.json'}:mlm-0.3@600", match="give FILE:KEY")
+    refused(wid, wid.replace("wid-budget+mlm-0.3@0.001,", ""), match="WID is named twice")
+    refused("WID=", match="names no runs")
+    assert not (tmp_path / "bad.json").exists()
+
+
 def test_a_search_of_an_option_reuses_its_measured_run_and_gives_the_options_rate(tmp_path):
     """--search --ablation searches the option's method with the option ('<method>+<option>'); a run of the option
     already in --out's ablations.json at a rate of the grid and the same seed counts as that rate's run (no
