@@ -655,7 +655,7 @@ def _record(spec):
     data = _load(path, None) if path else None
     if data is None or key not in data.get("runs", {}):
         raise SystemExit(f"--records-table: {spec!r}: give FILE:KEY, a key of the \"runs\" of an ablations.json or "
-                         f"lr_search-<steps>.json" + (f"; {path} holds {', '.join(data['runs'])}" if data else ""))
+                         f"lr_search-<steps>.json" + (f"; {path} holds {', '.join(data.get('runs', {})) or 'no runs'}" if data else ""))
     run = data["runs"][key]
     if "option" in run:  # an ablation's record
         if "seed" not in run:

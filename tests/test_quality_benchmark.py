@@ -354,6 +354,7 @@ def test_a_records_table_gathers_single_runs_of_ablations_and_searches_into_a_ch
     refused(f"WID={ablations}:old@600", match="does not record its seed")
     refused(f"WID={ablations}:mlm-0.3@3000", match="holds mlm-0.3@600, mlm-0.4/etd@600, mlm-0.3@120")
     refused(f"WID={tmp_path / 'none.json'}:mlm-0.3@600", match="give FILE:KEY")
+    refused(f"WID={results}:wid-budget", match="holds no runs")  # a results file is no record of runs
     refused(wid, wid.replace("wid-budget+mlm-0.3@0.001,", ""), match="WID is named twice")
     refused("WID=", match="names no runs")
     assert not (tmp_path / "bad.json").exists()
