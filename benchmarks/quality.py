@@ -289,6 +289,7 @@ def search(a):
                 report = run_method(name, a, steps, lr, a.workdir, ablation=option)  # a budget run reuses it
                 found["runs"][key] = {"method": label, "learning_rate": lr,
                                       "compactor_learning_rate": report["training"]["compactor_learning_rate"],
+                                      "mlm_probability": report["training"].get("mlm_probability"),
                                       "validation": report["validation"]["student"],
                                       "heldout": report["heldout"]["student"],
                                       "train_seconds": report["training"]["seconds"]}
@@ -391,7 +392,8 @@ def ablations(a):
                     "option": name, "method": base, "settings": settings, "steps": steps, "learning_rate": lr,
                     "validation": report["validation"]["student"], "heldout": report["heldout"]["student"],
                     "train_seconds": report["training"]["seconds"], "hard_masks": report.get("hard_masks"),
-                    "train_dropout": report["wid_config"].get("train_dropout"), "seed": a.seed}
+                    "train_dropout": report["wid_config"].get("train_dropout"), "seed": a.seed,
+                    "mlm_probability": report["training"].get("mlm_probability")}
             # the method's own run: the committed one, or (--without-from) one from the same machine, where WID's
             # trajectory is not moved by another CPU's rounding
             reference = _load(source, {"methods": {}})["methods"].get(base, {})
@@ -453,6 +455,7 @@ def run_budget(a, steps):
                                                  "num_attention_heads")},
                 "heldout": report["heldout"][side], "validation": report.get("validation", {}).get(side),
                 "hard_masks": report.get("hard_masks") if side == "student" else None,
+                "mlm_probability": report["training"].get("mlm_probability") if side == "student" else None,
                 "finetune": finetune(sizes["path"] if side == "student" else a.teacher)}
 
     for name in a.methods:

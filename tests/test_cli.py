@@ -76,7 +76,7 @@ def test_compress_merge_evaluate(workspace, capsys):
         assert (job / name).is_file(), name
     report = json.loads((job / "report.json").read_text())
     assert report["student"]["hidden_size"] == 24 and report["student"]["intermediate_size"] == 48
-    assert report["training"]["steps"] == 12
+    assert report["training"]["steps"] == 12 and report["training"]["mlm_probability"] == 0.15
     assert report["student"]["merge_max_abs_deviation"] <= 1e-4
     assert 0 <= report["heldout"]["student"]["mlm_accuracy"] <= 1
     assert report["compression_ratio"] > 1.5 and report["inference"]["flop_ratio"] > 1

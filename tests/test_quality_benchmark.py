@@ -41,6 +41,7 @@ def test_quality_benchmark_smoke(tmp_path):
                                         "etd-rand+mlm", "etd-impt+attention", "truncation", "weight-distill",
                                         "random+mlm"]
     assert results["methods"]["wid-budget"]["learning_rate"] == found["chosen"]["wid-budget"]
+    assert results["methods"]["wid-budget"]["mlm_probability"] == 0.15  # BERT's rate, recorded with every row
     for name, entry in results["methods"].items():
         assert 0 <= entry["heldout"]["mlm_accuracy"] <= 1
         assert "bbc-topics" in entry["finetune"]
@@ -60,6 +61,7 @@ def test_quality_benchmark_smoke(tmp_path):
     assert ablation.returncode == 0, ablation.stderr[-4000:]
     run = json.loads((tmp_path / "results" / "ablations.json").read_text())["runs"]["non-monotone@4"]
     assert run["settings"] == {"monotone_masks": False} and run["method"] == "wid-budget"
+    assert run["seed"] == 0 and run["mlm_probability"] == 0.15
     assert run["without"]["validation"] == results["methods"]["wid-budget"]["validation"]
     assert 0 <= run["validation"]["mlm_accuracy"] <= 1
     assert "| wid-budget + non-monotone | 4 |" in (tmp_path / "results" / "ablations.md").read_text()
@@ -390,6 +392,7 @@ def test_a_search_of_an_option_reuses_its_measured_run_and_gives_the_options_rat
     assert reused["from"] == "ablations.json" and reused["validation"] == measured["validation"]
     assert "from" not in trained and trained["heldout"]["mlm_accuracy"] < 0.99  # trained: recorded on both splits
     assert "from" not in found["runs"]["etd-impt+mlm-warm+mlm-0.4@0.001"]  # seed 1's run is no run of seed 0
+    assert found["runs"]["etd-impt+mlm-warm+mlm-0.4@0.001"]["mlm_probability"] == 0.4  # the option's masking
     work = os.listdir(tmp_path / "work")
     assert "etd-impt_mlm-warm_mlm-0.4-4-lr0.001" in work and "etd-impt_mlm-warm_mlm-0.3-4-lr0.001" not in work
     assert found["chosen"]["etd-impt+mlm-warm+mlm-0.3"] == 1e-3  # the better validation accuracy

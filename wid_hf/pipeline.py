@@ -762,6 +762,7 @@ def run(job: Job) -> dict:
                      "seq_len": d.max_seq_length, "gradient_accumulation_steps": t.gradient_accumulation_steps,
                      "learning_rate": t.learning_rate, "compactor_learning_rate": t.compactor_learning_rate,
                      "corpus": d.corpus or "offline-wiki", "train_sequences": len(train),
+                     "mlm_probability": d.mlm_probability,
                      "final_loss": next((h["loss"] for h in reversed(trainer.state.log_history) if "loss" in h), None),
                      "seconds": train_seconds},
         "heldout": {"corpus": d.eval_corpus or "offline-bbc", "sequences": len(heldout),
