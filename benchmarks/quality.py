@@ -688,7 +688,8 @@ def records_table(out, args):
             raise SystemExit(f"--records-table OUT NAME=FILE:KEY[,FILE:KEY...]...: {arg!r} names no runs")
         if name in table["methods"]:
             raise SystemExit(f"--records-table: {name} is named twice; give all its runs in one argument")
-        runs = [_record(spec) for spec in specs.split(",")]
+        specs = specs.split(",")
+        runs = [_record(spec) for spec in specs]
         seeds = [r["seed"] for r in runs]
         if len(set(seeds)) != len(seeds):
             raise SystemExit(f"--records-table: {name} has two runs of one seed ({seeds}); give one run per seed")
@@ -697,7 +698,7 @@ def records_table(out, args):
             raise SystemExit(f"--records-table: {name}'s runs trained with dropout "
                              f"{' and '.join(f'{p:g}' for p in sorted(dropouts))}; give runs at one dropout")
         table["train_dropout"][name] = dropouts.pop()
-        table["runs"][name] = specs.split(",")
+        table["runs"][name] = specs
         table["methods"][name] = {str(r["seed"]): {k: r[k] for k in ("validation", "heldout", "train_seconds")}
                                   for r in runs}
         table["files"] += [r["file"] for r in runs if r["file"] and r["file"] not in table["files"]]
