@@ -47,9 +47,13 @@ def test_demo_job_keeps_the_identity_of_earlier_job_directories():
     assert warm.identity()["warmup_steps"] == 0.1
     assert warm.training_arguments("x").warmup_steps == 0.1
     assert Job.create(output_dir="x").training_arguments("x").warmup_steps == 0.01  # WIDTrainingArguments' default
-    # --mlm_probability likewise joins the identity only when it is not BERT's 15%
+    # --mlm_probability likewise joins the identity only when it is not BERT's 15% (the only rate before 2026-12-06):
+    # budget mode's 30% is recorded, the reference method's and the paper presets' 15% is not
     assert "mlm_probability" not in Job.create(output_dir="x", mlm_probability=0.15).identity()
-    assert Job.create(output_dir="x", mlm_probability=0.3).identity()["mlm_probability"] == 0.3
+    assert Job.create(output_dir="x").identity()["mlm_probability"] == 0.3
+    for settings in (dict(budget_mode=False), dict(preset="wid55"), dict(mask_interval=10, pruning_intervals=8)):
+        job = Job.create(output_dir="x", **settings)
+        assert job.data.mlm_probability == 0.15 and "mlm_probability" not in job.identity(), settings
 
 
 def test_presets_budget_schedule_and_method_defaults():
@@ -220,33 +224,63 @@ def test_every_method_trains_on_batches_masked_at_the_jobs_mlm_probability(tmp_p
         assert abs(shares[0.15] - 0.15) < 0.05 and abs(shares[0.45] - 0.45) < 0.05, (method, shares)
 
 
-def test_budget_mode_learns_at_half_the_rate_in_long_runs():
-    from wid_hf.pipeline import BUDGET_LONG_RUN_STEPS, budget_learning_rates
+def test_budget_modes_learning_rates_follow_the_run_length_and_the_masking_rate():
+    from wid_hf.pipeline import BUDGET_LONG_RUN_STEPS, BUDGET_MLM_PROBABILITY, budget_learning_rates
 
     def rates(**settings):
         t = Job.create(output_dir="x", **settings).training
         return t.learning_rate, t.compactor_learning_rate
 
-    assert rates(max_steps=BUDGET_LONG_RUN_STEPS - 1) == (1e-3, 1e-4) == budget_learning_rates(600)
-    assert rates(max_steps=BUDGET_LONG_RUN_STEPS) == (5e-4, 5e-5) == budget_learning_rates(1500)
+    # budget mode masks 30% of every method's training tokens; there the searches chose 1e-3 at every length
+    assert Job.create(output_dir="x", method="etd-impt").data.mlm_probability == BUDGET_MLM_PROBABILITY == 0.3
+    for steps in (120, BUDGET_LONG_RUN_STEPS - 1, BUDGET_LONG_RUN_STEPS, 3000):
+        assert rates(max_steps=steps) == (1e-3, 1e-4) == budget_learning_rates(steps), steps
+    assert rates(max_steps=1500, mlm_probability=0.4) == (1e-3, 1e-4)
+    # at BERT's 15% (budget mode's rate until 2026-12-07) half the rate from BUDGET_LONG_RUN_STEPS, as searched there
+    assert rates(max_steps=BUDGET_LONG_RUN_STEPS - 1, mlm_probability=0.15) == (1e-3, 1e-4)
+    assert rates(max_steps=BUDGET_LONG_RUN_STEPS, mlm_probability=0.15) == (5e-4, 5e-5)
+    assert budget_learning_rates(1500, mlm_probability=0.15) == (5e-4, 5e-5)
     # what is given wins, and only budget mode's WID changes with the length
-    assert rates(max_steps=1500, learning_rate=1e-3) == (1e-3, 5e-5)
+    assert rates(max_steps=1500, mlm_probability=0.15, learning_rate=1e-3) == (1e-3, 5e-5)
     assert rates(max_steps=1500, budget_mode=False) == (JOB_PRESETS["demo"]["learning_rate"],
                                                         JOB_PRESETS["demo"]["compactor_learning_rate"])
     assert rates(max_steps=1500, method="etd-impt")[0] == STUDENT_LEARNING_RATE
 
 
 def test_a_directory_of_an_earlier_default_rate_names_the_flags_that_resume_it(tmp_path):
-    earlier = Job.create(output_dir=str(tmp_path), max_steps=1500, learning_rate=1e-3, compactor_learning_rate=1e-4)
+    earlier = Job.create(output_dir=str(tmp_path), max_steps=1500, learning_rate=1e-3, compactor_learning_rate=1e-4,
+                         mlm_probability=0.15)
     (tmp_path / "checkpoints" / "checkpoint-50").mkdir(parents=True)
     (tmp_path / "job.json").write_text(json.dumps({"identity": earlier.identity()}))
     with pytest.raises(JobMismatchError, match=re.escape(
             "learning_rate: 0.001 then, 0.0005 now, compactor_learning_rate: 0.0001 then, 5e-05 now; to resume, give "
             "--learning_rate 0.001 --compactor_learning_rate 0.0001)")):
-        _check_output_dir(Job.create(output_dir=str(tmp_path), max_steps=1500))
-    given = parse_dataclass_command("compress", ["--output_dir", str(tmp_path), "--max_steps", "1500", "--learning_rate",
-                                                 "0.001", "--compactor_learning_rate", "0.0001"])
+        _check_output_dir(Job.create(output_dir=str(tmp_path), max_steps=1500, mlm_probability=0.15))
+    given = parse_dataclass_command("compress", ["--output_dir", str(tmp_path), "--max_steps", "1500",
+                                                 "--learning_rate", "0.001", "--compactor_learning_rate", "0.0001",
+                                                 "--mlm_probability", "0.15"])
     assert Job.create(**given).identity() == earlier.identity()
+    _check_output_dir(Job.create(**given))
+
+
+@pytest.mark.parametrize("steps, rates", [(300, ("0.001", "0.0001")), (1500, ("0.0005", "5e-05"))])
+def test_a_budget_directory_that_masked_15_percent_names_the_flags_that_resume_it(tmp_path, steps, rates):
+    # as budget mode wrote it until 2026-12-07: no mlm_probability in the identity (15%), its rates by the length
+    identity = Job.create(output_dir=str(tmp_path), max_steps=steps, mlm_probability=0.15).identity()
+    assert "mlm_probability" not in identity
+    (tmp_path / "checkpoints" / "checkpoint-50").mkdir(parents=True)
+    (tmp_path / "job.json").write_text(json.dumps({"identity": identity}))
+    changed = "mlm_probability" if steps < 1000 else "compactor_learning_rate, learning_rate, mlm_probability"
+    rate_change = "" if steps < 1000 else (f", learning_rate: {rates[0]} then, 0.001 now, compactor_learning_rate: "
+                                           f"{rates[1]} then, 0.0001 now")
+    with pytest.raises(JobMismatchError, match=re.escape(
+            f"(changed: {changed}; mlm_probability: 0.15 then, 0.3 now (budget mode's default since 2026-12-07, 0.15 "
+            f"before){rate_change}; to resume, give --mlm_probability 0.15 --learning_rate {rates[0]} "
+            f"--compactor_learning_rate {rates[1]})")):
+        _check_output_dir(Job.create(output_dir=str(tmp_path), max_steps=steps))
+    flags = ["--mlm_probability", "0.15", "--learning_rate", rates[0], "--compactor_learning_rate", rates[1]]
+    given = parse_dataclass_command("compress", ["--output_dir", str(tmp_path), "--max_steps", str(steps), *flags])
+    assert Job.create(**given).identity() == identity
     _check_output_dir(Job.create(**given))
 
 

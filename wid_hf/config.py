@@ -25,10 +25,10 @@ MASK_SCORINGS = ("reference", "aggregate", "taylor")
 DECAYS = ("reference", "linear")
 # Budget mode: masks become hard at this fraction of the run (WIDConfig.for_budget; docs/method.md, "Budget mode"),
 BUDGET_HARD_MASK_AT = 0.55
-# ... and from BUDGET_LONG_RUN_STEPS steps (where budget mode's learning rates halve too, wid_hf.pipeline) at this
-# earlier one: an interval is long there (66 steps at 1,500), and 40% measured as accurate as 55% at 1,500 steps on
-# three seeds, in about a fifth less time on the two measured on one machine; at 600 steps it was mixed (a little lower
-# on validation over three seeds) and at 120 earlier hard masks (28%, 32.5%) were worse
+# ... and from BUDGET_LONG_RUN_STEPS steps (where budget mode's learning rates halve at 15% masking, wid_hf.pipeline)
+# at this earlier one: an interval is long there (66 steps at 1,500), and 40% measured as accurate as 55% at 1,500
+# steps on three seeds, in about a fifth less time on the two measured on one machine; at 600 steps it was mixed (a
+# little lower on validation over three seeds) and at 120 earlier hard masks (28%, 32.5%) were worse
 # (benchmarks/results/dropout/0/seeds-600.md, seeds-1500.md; docs/method.md, "Hard masks earlier or later")
 BUDGET_LONG_RUN_HARD_MASK_AT = 0.4
 BUDGET_LONG_RUN_STEPS = 1000

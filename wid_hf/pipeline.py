@@ -13,8 +13,8 @@ command-line flag is a field name and its help text is the field's own::
 Settings left unset come from the job preset (`JOB_PRESETS`): ``demo`` halves every width of the teacher in ~11
 minutes on 2 CPU cores; ``wid55`` / ``wid11`` / ``wid11-head`` are the paper's students with the reference schedule
 and `WIDTrainingArguments`' reference optimisation. Under ``demo`` WID runs in budget mode (`WIDConfig.for_budget`,
-scaled to ``max_steps``) unless a schedule is given; ``--budget_mode false`` gives the reference method on the same
-scaled schedule (`budget_schedule`).
+scaled to ``max_steps``, with 30% of the training tokens masked for every method of the job) unless a schedule is
+given; ``--budget_mode false`` gives the reference method on the same scaled schedule (`budget_schedule`).
 
 Output directory layout::
 
@@ -49,6 +49,12 @@ OBJECTIVES = ("mlm", "logit", "hidden", "attention_mse", "attention_kl")  # = wi
 STUDENT_LEARNING_RATE = 5e-4  # every plain student (ETD, truncation, random init, Weight Distillation's student)
 KD_ALPHA = 0.5  # weight of a KD objective against the masked-LM loss
 MLM_PROBABILITY = 0.15  # share of tokens masked in training batches (BERT's); reports always mask 15%
+# Budget mode's masking rate of training batches, for every method of the job (since 2026-12-07; 15% before): chosen on
+# the validation split over 15 / 30 / 40%, at 1,500 steps on three seeds, WID chose 30% (40% tied) and ETD-Impt 40%
+# (by 0.003 over 30%); one value per job keeps a comparison like for like, so the job takes WID's. At 30% the
+# learning-rate searches chose 1e-3 for WID at 120, 600, 1,500 and 3,000 steps (docs/method.md, "More masked tokens
+# while training").
+BUDGET_MLM_PROBABILITY = 0.3
 
 # Job presets: the WID targets and schedule, and the training length that goes with them. Learning rates not given
 # here are WIDTrainingArguments' (the reference optimisation: 1e-6 inherited, 5e-5 compactors).
@@ -67,7 +73,10 @@ JOB_PRESETS: dict[str, dict] = {
 }
 BUDGET_PRESET = "demo"
 # Learning rates of WID in budget mode (inherited weights; compactors always a tenth), from equal-effort searches
-# chosen on a validation split of the training corpus: benchmarks/results/lr_search-120.json ({2e-4, 5e-4, 1e-3}:
+# chosen on a validation split of the training corpus. At budget mode's masking rate (30%, BUDGET_MLM_PROBABILITY)
+# 1e-3 at every length: benchmarks/results/dropout/0/mlm-0.3/lr_search-{120,600,1500,3000}.json ({5e-4, 1e-3, 2e-3}
+# up to 1,500 steps, {5e-4, 1e-3} at 3,000). At BERT's 15% (budget mode's until 2026-12-07), as follows:
+# benchmarks/results/lr_search-120.json ({2e-4, 5e-4, 1e-3}:
 # 1e-3, as for ETD-Impt), lr_search-600.json ({5e-4, 1e-3}: 1e-3 for both; for WID level with 5e-4 over three
 # seeds) and lr_search-1500.json ({2e-4, 5e-4, 1e-3}: 5e-4 for WID, 1e-3 still for ETD-Impt). At 1e-3 the teacher's loss
 # rises from 3.9 to 5.8 within 40 steps, before any index is pruned; a long run has the steps to learn at half the
@@ -85,13 +94,18 @@ ETD_IMPORTANCE_BATCHES = 64
 ETD_IMPORTANCE_BATCHES_BEFORE = 16  # the default until 2026-11-28: job directories that record none used it
 
 
-def budget_learning_rates(max_steps: int) -> tuple[float, float]:
-    """Budget mode's learning rates for a run of `max_steps` optimizer steps: (inherited weights, compactors).
+def budget_learning_rates(max_steps: int, mlm_probability: float = BUDGET_MLM_PROBABILITY) -> tuple[float, float]:
+    """Budget mode's learning rates for a run of `max_steps` optimizer steps whose training batches mask
+    `mlm_probability` of the tokens: (inherited weights, compactors). Searched at 30% and at 15%: a rate from 30% up
+    takes the 30% searches' choice (1e-3 at every length), one below it the 15% searches' (halved from
+    BUDGET_LONG_RUN_STEPS steps).
 
         >>> budget_learning_rates(300), budget_learning_rates(1500)
-        ((0.001, 0.0001), (0.0005, 5e-05))
+        ((0.001, 0.0001), (0.001, 0.0001))
+        >>> budget_learning_rates(1500, mlm_probability=0.15)
+        (0.0005, 5e-05)
     """
-    if max_steps < BUDGET_LONG_RUN_STEPS:
+    if max_steps < BUDGET_LONG_RUN_STEPS or mlm_probability >= BUDGET_MLM_PROBABILITY:
         return BUDGET_LEARNING_RATE, BUDGET_COMPACTOR_LEARNING_RATE
     return BUDGET_LONG_RUN_LEARNING_RATE, BUDGET_LONG_RUN_COMPACTOR_LEARNING_RATE
 
@@ -139,7 +153,9 @@ class JobArguments:
     budget_mode: bool = field(default=True, metadata={
         "help": "Under --preset demo, WID runs in budget mode unless a schedule is given (WIDConfig.for_budget: "
                 "Taylor scores per compactor started from the teacher's, linear decay to zero, monotone masks, "
-                "schedule scaled to the run, budget learning rates, no dropout, for the baselines' students too); "
+                f"schedule scaled to the run, budget learning rates, no dropout and {BUDGET_MLM_PROBABILITY * 100:g}%% "
+                "of the training tokens masked, "
+                "for the baselines' students too); "
                 "--budget_mode false gives the reference method on the same scaled schedule instead."})
     hard_mask_at: Optional[float] = field(default=None, metadata={
         "help": f"Budget mode: the fraction of the run at which masks become hard (default {BUDGET_HARD_MASK_AT}, "
@@ -171,9 +187,10 @@ class DataArguments:
         "help": "Held-out text for the report (default: offline-bbc, BBC News)."})
     text_column: str = field(default="text", metadata={"help": "Column holding the text."})
     max_seq_length: int = field(default=128, metadata={"aliases": ["--seq-len"], "help": "Tokens per sequence."})
-    mlm_probability: float = field(default=MLM_PROBABILITY, metadata={
-        "help": f"Share of tokens masked in training batches, for every method (default {MLM_PROBABILITY}, BERT's). "
-                "The validation and held-out reports always mask 15%%, so runs at different values compare."})
+    mlm_probability: Optional[float] = field(default=None, metadata={
+        "help": f"Share of tokens masked in training batches, for every method (default {BUDGET_MLM_PROBABILITY} in "
+                f"budget mode, chosen on the validation split; otherwise {MLM_PROBABILITY}, BERT's). The validation "
+                "and held-out reports always mask 15%%, so runs at different values compare."})
     validation_sequences: int = field(default=0, metadata={
         "help": "Hold out the last N packed sequences of the training corpus (never trained on) and report masked-LM "
                 "on them: the split to choose settings on, so that the held-out corpus stays untouched."})
@@ -196,7 +213,8 @@ class JobTrainingArguments:
     gradient_accumulation_steps: int = field(default=1, metadata={"help": "Micro-batches per optimizer step."})
     learning_rate: Optional[float] = field(default=None, metadata={
         "help": "WID: learning rate of the inherited weights (default: from --preset; in budget mode "
-                f"{BUDGET_LEARNING_RATE:g}, from {BUDGET_LONG_RUN_STEPS:,} steps {BUDGET_LONG_RUN_LEARNING_RATE:g}); "
+                f"{BUDGET_LEARNING_RATE:g}; {BUDGET_LONG_RUN_LEARNING_RATE:g} from {BUDGET_LONG_RUN_STEPS:,} steps when "
+                f"--mlm_probability is under {BUDGET_MLM_PROBABILITY:g}); "
                 f"baselines: of the student (default {STUDENT_LEARNING_RATE})."})
     compactor_learning_rate: Optional[float] = field(default=None, metadata={
         "help": "Learning rate of WID's compactors and of Weight Distillation's generator (default: from --preset; "
@@ -259,16 +277,19 @@ class Job:
                 wid.pop(key, None)
         steps = settings.get("max_steps") or preset["max_steps"]
         budget = preset_name == BUDGET_PRESET and not any(settings.get(k) is not None for k in _SCHEDULE_FIELDS)
-        if settings.get("hard_mask_at") is not None and not (budget and settings.get("budget_mode", True)):
+        in_budget_mode = budget and settings.get("budget_mode", True)
+        if settings.get("hard_mask_at") is not None and not in_budget_mode:
             raise ValueError("--hard_mask_at places budget mode's hard-mask step; it does not apply with "
                              "--budget_mode false, a preset other than demo, or a schedule given "
                              "(--mask_interval / --pruning_intervals). Drop one or the other.")
-        if budget and settings.get("budget_mode", True):
+        if settings.get("mlm_probability") is None:
+            settings = {**settings, "mlm_probability": BUDGET_MLM_PROBABILITY if in_budget_mode else MLM_PROBABILITY}
+        if in_budget_mode:
             sizes = {k: settings.get(k, wid.get(k)) for k in _SIZE_FIELDS}
             budget_wid = WIDConfig.for_budget(steps, hard_mask_at=settings.get("hard_mask_at"), **sizes)
             wid.update({k: v for k, v in dataclasses.asdict(budget_wid).items() if v != _WID_DEFAULTS[k]})
             if method == "wid":
-                rates = budget_learning_rates(steps)
+                rates = budget_learning_rates(steps, settings["mlm_probability"])
                 settings = {"learning_rate": rates[0], "compactor_learning_rate": rates[1],
                             **{k: v for k, v in settings.items() if v is not None}}
         elif budget:
@@ -338,7 +359,9 @@ class Job:
             identity["importance_batches"] = j.importance_batches
         if d.validation_sequences:
             identity["validation_sequences"] = d.validation_sequences
-        if d.mlm_probability != MLM_PROBABILITY:  # only when changed: earlier job directories still resume
+        # only when not BERT's 15%, the only rate before 2026-12-06: earlier job directories still resume (and
+        # refuse to resume under budget mode's 30% since 2026-12-07, with the flag that resumes them)
+        if d.mlm_probability != MLM_PROBABILITY:
             identity["mlm_probability"] = d.mlm_probability
         return json.loads(json.dumps(identity))
 
@@ -430,14 +453,29 @@ def _importance_change(previous: dict, current: dict) -> str:
     return f"; importance_batches: {then} then, {now} now; to resume, give --importance_batches {then}"
 
 
+_RATE_KEYS = ("learning_rate", "compactor_learning_rate")
+
+
 def _rate_change(previous: dict, current: dict) -> str:
-    """The learning rates, if they differ, with the flags that resume the earlier job (a default may have changed:
-    budget mode's rates depend on the run's length since 2026-11-29)."""
-    keys = [k for k in ("learning_rate", "compactor_learning_rate") if previous.get(k) != current.get(k)]
-    if not keys or any(previous.get(k) is None for k in keys):
+    """The masking rate and the learning rates, if they differ, with the flags that resume the earlier job (defaults
+    have changed: budget mode's learning rates depend on the run's length since 2026-11-29, and with its masking rate,
+    30% since 2026-12-07; an identity without mlm_probability masked 15%)."""
+    then, now = (i.get("mlm_probability", MLM_PROBABILITY) for i in (previous, current))
+    keys = [k for k in _RATE_KEYS if previous.get(k) != current.get(k)]
+    if any(previous.get(k) is None for k in keys):
+        keys = []
+    said = [f"{k}: {previous[k]:g} then, {current[k]:g} now" for k in keys]
+    flags = []
+    if then != now:
+        since = (f" (budget mode's default since 2026-12-07, {MLM_PROBABILITY:g} before)"
+                 if now == BUDGET_MLM_PROBABILITY and then == MLM_PROBABILITY else "")
+        said.insert(0, f"mlm_probability: {then:g} then, {now:g} now{since}")
+        flags.append(f"--mlm_probability {then:g}")
+        if previous.get("method", "wid") == "wid":  # budget mode's default rates follow the masking rate
+            keys = [k for k in _RATE_KEYS if previous.get(k) is not None]
+    if not said:
         return ""
-    return ("; " + ", ".join(f"{k}: {previous[k]:g} then, {current[k]:g} now" for k in keys) + "; to resume, give "
-            + " ".join(f"--{k} {previous[k]:g}" for k in keys))
+    return "; " + ", ".join(said) + "; to resume, give " + " ".join(flags + [f"--{k} {previous[k]:g}" for k in keys])
 
 
 def _check_output_dir(job: Job) -> None:
