@@ -81,7 +81,8 @@ def test_push_student_round_trip(hub, job, tmp_path):
     assert got["base_model"] is None  # the teacher was a local folder: no Hub id to link
     assert ["accuracy", round(report["heldout"]["student"]["mlm_accuracy"], 4)] in got["evals"]
     for needle in ("Weight-Inherited Distillation", "with the MLM decoder", "without it", "compression ratio",
-                   "optimizer steps", "AutoModelForMaskedLM.from_pretrained(\"alice/wid-student\")"):
+                   "optimizer steps", "15% of the tokens masked",
+                   "AutoModelForMaskedLM.from_pretrained(\"alice/wid-student\")"):
         assert needle in got["text"], needle
 
 
@@ -163,6 +164,9 @@ def test_model_card_of_a_baseline_student_says_how_it_was_made():
 
     report = {"method": "etd-impt", "student": {"objective": "attention_kl"},
               "training": {"steps": 120, "batch_size": 8, "seq_len": 128, "corpus": "offline-wiki",
-                           "learning_rate": 5e-4}}
+                           "learning_rate": 5e-4, "mlm_probability": 0.3}}
     card = str(build_model_card(BertConfig(hidden_size=192, intermediate_size=768), "me/etd", report=report))
     assert "`etd-impt` baseline" in card and "`attention_kl` KD objective" in card and "compactors" not in card
+    assert "against the teacher; 30% of the tokens masked" in card  # budget mode's rate, not BERT's 15%
+    del report["training"]["mlm_probability"]  # a report from before the rate was recorded says nothing of it
+    assert "of the tokens masked" not in str(build_model_card(BertConfig(), "me/etd", report=report))

@@ -107,7 +107,10 @@ def build_model_card(student_config, repo_id: str, report: Optional[dict] = None
                   f"- {training.get('steps')} optimizer steps of {training.get('batch_size')} x "
                   f"{training.get('seq_len')} tokens on {corpus}; "
                   + ("masked-LM only, no teacher forward pass" if objective == "mlm"
-                     else f"masked-LM plus the `{objective}` KD objective against the teacher")]
+                     else f"masked-LM plus the `{objective}` KD objective against the teacher")
+                  # reports written before 2026-12-06 record no masking rate: they all masked BERT's 15%
+                  + (f"; {training['mlm_probability']:.0%} of the tokens masked" if "mlm_probability" in training
+                     else "")]
         if method == "wid":
             wid = report.get("wid_config", {})
             lines += [f"- learning rates: {training.get('learning_rate')} (inherited weights), "
