@@ -14,6 +14,8 @@ from test_cli import compress_args, make_workspace
 from wid_hf import cli
 
 TOKEN = "hf_alice_write"
+# exactly what a push of a job's student uploads (README, "What is written, deleted and uploaded")
+STUDENT_UPLOAD = {"README.md", "config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json"}
 
 
 @pytest.fixture
@@ -43,9 +45,9 @@ def wid_hf_cli(args, env):
     return subprocess.run([sys.executable, "-m", "wid_hf", *args], capture_output=True, text=True, env=env, timeout=300)
 
 
-def python(script, env):
+def python(script, env, cwd=None):
     return subprocess.run([sys.executable, "-c", textwrap.dedent(script)], capture_output=True, text=True, env=env,
-                          timeout=300)
+                          timeout=300, cwd=cwd)
 
 
 def test_push_student_round_trip(hub, job, tmp_path):
@@ -111,7 +113,7 @@ def test_private_repo_branch_and_pull_request(hub, job, tmp_path):
 @pytest.mark.parametrize("case", ["bad token", "unknown namespace", "server down"])
 def test_failed_push_keeps_the_student_and_says_what_to_do(hub, job, tmp_path, case):
     student = job / "student"
-    before = {p.name: p.read_bytes() for p in student.iterdir() if p.name != "README.md"}
+    before = {p.name: p.read_bytes() for p in student.iterdir()}
     env = env_for(hub, tmp_path / "h", token="hf_wrong" if case == "bad token" else TOKEN)
     repo = "bob/student" if case == "unknown namespace" else "alice/student"
     if case == "server down":
@@ -122,8 +124,53 @@ def test_failed_push_keeps_the_student_and_says_what_to_do(hub, job, tmp_path, c
     expected = {"bad token": "rejected the token", "unknown namespace": "No write access to bob/student",
                 "server down": "Could not reach the Hub"}[case]
     assert expected in lines[0] and f"saved in {student}" in lines[0]
-    assert {p.name: p.read_bytes() for p in student.iterdir() if p.name != "README.md"} == before
-    assert (student / "README.md").is_file()
+    assert {p.name: p.read_bytes() for p in student.iterdir()} == before  # not even a model card written into it
+
+
+def server_files(hub, repo, ref="main"):
+    return set(hub.repos[repo].commits[hub.repos[repo].refs[ref]])
+
+
+def test_push_uploads_only_the_listed_files_and_replaces_stale_weights(hub, job, tmp_path):
+    import shutil
+
+    student = tmp_path / "student"
+    shutil.copytree(job / "student", student)
+    extras = {"notes.txt": b"private notes", ".env": b"HF_TOKEN=hf_secretsecret", "training_args.bin": b"pickle",
+              "optimizer.pt": b"state", "pytorch_model.bin": b"old weights", "README.md": b"my own readme"}
+    for name, data in extras.items():
+        (student / name).write_bytes(data)
+    (student / "runs").mkdir()
+    (student / "runs" / "events.out").write_bytes(b"tb")
+    before = {p.name: p.read_bytes() for p in student.iterdir() if p.is_file()}
+    env = env_for(hub, tmp_path / "h")
+    # an earlier push left weights this one does not write (a shard, a .bin) and a file the user added on the Hub
+    seed = python("""
+        from huggingface_hub import HfApi
+        api = HfApi()
+        api.create_repo("alice/stale")
+        for name in ("model-00001-of-00002.safetensors", "pytorch_model.bin", "notes-on-the-hub.md"):
+            api.upload_file(path_or_fileobj=b"old", path_in_repo=name, repo_id="alice/stale")
+    """, env)
+    assert seed.returncode == 0, seed.stderr[-2000:]
+    out = wid_hf_cli(["push", "--student", str(student), "--repo", "alice/stale"], env)
+    assert out.returncode == 0, out.stderr
+    assert server_files(hub, "alice/stale") == STUDENT_UPLOAD | {"notes-on-the-hub.md"}
+    card = hub.repos["alice/stale"].commits[hub.repos["alice/stale"].refs["main"]]["README.md"]
+    assert card.startswith(b"---\n")  # the generated model card, not the folder's own README.md
+    assert {p.name: p.read_bytes() for p in student.iterdir() if p.is_file()} == before  # the folder as it was
+
+
+def test_private_on_an_existing_public_repo_is_refused(hub, job, tmp_path):
+    env = env_for(hub, tmp_path / "h")
+    student = str(job / "student")
+    assert wid_hf_cli(["push", "--student", student, "--repo", "alice/public"], env).returncode == 0
+    commits = dict(hub.repos["alice/public"].commits)
+    out = wid_hf_cli(["push", "--student", student, "--repo", "alice/public", "--private"], env)
+    lines = [line for line in out.stderr.strip().splitlines() if line.startswith("wid-hf")]
+    assert out.returncode == 2 and len(lines) == 1 and "Traceback" not in out.stderr, out.stderr
+    assert "--private" in lines[0] and "public" in lines[0]
+    assert hub.repos["alice/public"].commits == commits and not hub.repos["alice/public"].private
 
 
 def test_wid_state_push_and_resume_elsewhere(hub, tmp_path):
@@ -136,14 +183,37 @@ def test_wid_state_push_and_resume_elsewhere(hub, tmp_path):
         perturb_compactors(model)
         model.update_masks(2)
         model.push_to_hub("alice/wid-state", local_dir={str(tmp_path / 'state')!r})
+        model.push_to_hub("alice/wid-state-2")  # no local_dir: nothing written outside a temporary folder
         again = WIDModel.from_pretrained(tiny_teacher(), "alice/wid-state")
         b = random_batch()
         with torch.no_grad():
             print(torch.equal(model.eval()(**b).logits, again.eval()(**b).logits), again.kept_sizes()["hidden"])
     """
-    out = python(script, env_for(hub, tmp_path / "h"))
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    out = python(script, env_for(hub, tmp_path / "h"), cwd=cwd)
     assert out.returncode == 0, out.stderr[-3000:]
     assert out.stdout.split() == ["True", "24"]
+    assert list(cwd.iterdir()) == []
+    state = {"wid_config.json", "wid_model.safetensors"}
+    assert server_files(hub, "alice/wid-state") == server_files(hub, "alice/wid-state-2") == state
+
+
+def test_push_of_a_model_object_writes_nothing_locally(hub, tmp_path):
+    script = f"""
+        import sys
+        sys.path.insert(0, {os.path.join(ROOT, 'tests')!r})
+        from conftest import tiny_teacher, tiny_tokenizer
+        from wid_hf.hub import push_student
+        tokenizer = tiny_tokenizer({str(tmp_path / 'tok')!r})
+        push_student(tiny_teacher(), "alice/object", tokenizer=tokenizer)
+    """
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    out = python(script, env_for(hub, tmp_path / "h"), cwd=cwd)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert list(cwd.iterdir()) == []
+    assert server_files(hub, "alice/object") == STUDENT_UPLOAD
 
 
 def test_compress_push_to_hub(hub, tmp_path):
@@ -152,7 +222,7 @@ def test_compress_push_to_hub(hub, tmp_path):
     out = wid_hf_cli(args, env_for(hub, tmp_path / "h"))
     assert out.returncode == 0, out.stderr[-3000:]
     files = hub.repos["alice/from-compress"].commits[hub.repos["alice/from-compress"].refs["main"]]
-    assert {"config.json", "model.safetensors", "README.md", "tokenizer.json"} <= set(files)
+    assert set(files) == STUDENT_UPLOAD
     card = files["README.md"].decode()
     assert card.startswith("---\n") and "pipeline_tag: fill-mask" in card and "model-index" in card
 

@@ -251,7 +251,7 @@ def test_a_directory_of_an_earlier_default_rate_names_the_flags_that_resume_it(t
     earlier = Job.create(output_dir=str(tmp_path), max_steps=1500, learning_rate=1e-3, compactor_learning_rate=1e-4,
                          mlm_probability=0.15)
     (tmp_path / "checkpoints" / "checkpoint-50").mkdir(parents=True)
-    (tmp_path / "job.json").write_text(json.dumps({"identity": earlier.identity()}))
+    (tmp_path / "job.json").write_text(json.dumps({"identity": earlier.identity(), "wid_hf": "0.1.0"}))
     with pytest.raises(JobMismatchError, match=re.escape(
             "learning_rate: 0.001 then, 0.0005 now, compactor_learning_rate: 0.0001 then, 5e-05 now; to resume, give "
             "--learning_rate 0.001 --compactor_learning_rate 0.0001)")):
@@ -269,7 +269,7 @@ def test_a_budget_directory_that_masked_15_percent_names_the_flags_that_resume_i
     identity = Job.create(output_dir=str(tmp_path), max_steps=steps, mlm_probability=0.15).identity()
     assert "mlm_probability" not in identity
     (tmp_path / "checkpoints" / "checkpoint-50").mkdir(parents=True)
-    (tmp_path / "job.json").write_text(json.dumps({"identity": identity}))
+    (tmp_path / "job.json").write_text(json.dumps({"identity": identity, "wid_hf": "0.1.0"}))
     changed = "mlm_probability" if steps < 1000 else "compactor_learning_rate, learning_rate, mlm_probability"
     rate_change = "" if steps < 1000 else (f", learning_rate: {rates[0]} then, 0.001 now, compactor_learning_rate: "
                                            f"{rates[1]} then, 0.0001 now")
@@ -290,7 +290,7 @@ def test_a_directory_of_budget_modes_earlier_hard_mask_step_names_the_flag_that_
         earlier = Job.create(output_dir=str(tmp_path), max_steps=steps, hard_mask_at=0.55)
         assert earlier.wid.mask_interval == interval != Job.create(output_dir="x", max_steps=steps).wid.mask_interval
         (tmp_path / "checkpoints" / "checkpoint-50").mkdir(parents=True, exist_ok=True)
-        (tmp_path / "job.json").write_text(json.dumps({"identity": earlier.identity()}))
+        (tmp_path / "job.json").write_text(json.dumps({"identity": earlier.identity(), "wid_hf": "0.1.0"}))
         with pytest.raises(JobMismatchError, match=re.escape(
                 "(changed: wid; the earlier job hardened masks at 55% of the run (budget mode's default until "
                 "2026-12-02; 40% from 1,000 steps since); to resume, give --hard_mask_at 0.55)")):
@@ -301,7 +301,7 @@ def test_a_directory_of_budget_modes_earlier_hard_mask_step_names_the_flag_that_
         _check_output_dir(Job.create(**given))
     # another changed schedule keeps the general message
     other = Job.create(output_dir=str(tmp_path), max_steps=1500, hard_mask_at=0.75)
-    (tmp_path / "job.json").write_text(json.dumps({"identity": other.identity()}))
+    (tmp_path / "job.json").write_text(json.dumps({"identity": other.identity(), "wid_hf": "0.1.0"}))
     with pytest.raises(JobMismatchError, match=re.escape("WIDConfig mask_interval: 125 then, 66 now")):
         _check_output_dir(Job.create(output_dir=str(tmp_path), max_steps=1500))
 
@@ -336,7 +336,7 @@ def test_etd_importance_sample_has_the_batches_asked_for():
 def test_a_changed_wid_setting_names_the_flags_that_resume_the_earlier_job(tmp_path, earlier, message, flags):
     earlier = Job.create(output_dir=str(tmp_path), max_steps=300, **earlier)
     (tmp_path / "checkpoints" / "checkpoint-18").mkdir(parents=True)
-    (tmp_path / "job.json").write_text(json.dumps({"identity": earlier.identity()}))
+    (tmp_path / "job.json").write_text(json.dumps({"identity": earlier.identity(), "wid_hf": "0.1.0"}))
     with pytest.raises(JobMismatchError, match=re.escape(f"changed: wid; WIDConfig {message}; to resume, give the "
                                                          f"earlier values: {' '.join(flags)}")):
         _check_output_dir(Job.create(output_dir=str(tmp_path), max_steps=300))
@@ -351,7 +351,7 @@ def test_a_budget_directory_from_before_train_dropout_says_it_cannot_resume(tmp_
     identity = earlier.identity()
     del identity["wid"]["train_dropout"]  # as written before 2026-12-02: the teacher's dropout trained
     (tmp_path / "checkpoints" / "checkpoint-18").mkdir(parents=True)
-    (tmp_path / "job.json").write_text(json.dumps({"identity": identity}))
+    (tmp_path / "job.json").write_text(json.dumps({"identity": identity, "wid_hf": "0.1.0"}))
     with pytest.raises(JobMismatchError, match=re.escape(
             "train_dropout: unset then, 0.0 now; no flag unsets train_dropout again, so this job cannot resume "
             "under this wid_hf: start it over (--overwrite) or give a new --output_dir")):
@@ -362,7 +362,7 @@ def test_an_etd_impt_directory_of_the_earlier_default_names_the_flag_that_resume
     earlier = Job.create(output_dir=str(tmp_path), method="etd-impt")
     identity = {k: v for k, v in earlier.identity().items() if k != "importance_batches"}  # as written before 64
     (tmp_path / "checkpoints" / "checkpoint-18").mkdir(parents=True)
-    (tmp_path / "job.json").write_text(json.dumps({"identity": identity}))
+    (tmp_path / "job.json").write_text(json.dumps({"identity": identity, "wid_hf": "0.1.0"}))
     with pytest.raises(JobMismatchError, match=re.escape("(changed: importance_batches; importance_batches: 16 then, "
                                                          "64 now; to resume, give --importance_batches 16)")):
         _check_output_dir(Job.create(output_dir=str(tmp_path), method="etd-impt"))

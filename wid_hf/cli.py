@@ -16,6 +16,7 @@ import dataclasses
 import json
 import logging
 import os
+import re
 import sys
 from dataclasses import dataclass, field
 from typing import Optional
@@ -101,13 +102,32 @@ def _layers_arg(value: str):
     return value
 
 
+_TOKEN = re.compile(r"\b(hf_|api_)[A-Za-z0-9]{8,}")
+
+
+def redact(message: str) -> str:
+    """`message` with anything that looks like a Hugging Face token masked (an error may quote what was typed)."""
+    return _TOKEN.sub(lambda m: m.group(1) + "***", message)
+
+
+class _RedactingParser(argparse.ArgumentParser):
+    """An argparse parser whose usage errors never echo a token typed in the wrong place."""
+
+    def error(self, message):
+        super().error(redact(message))
+
+
 def dataclass_parser(command: str):
     """The HfArgumentParser of a dataclass command: one flag per field, named as the field."""
     from transformers.hf_argparser import HfArgumentParser
 
+    class Parser(HfArgumentParser):
+        def error(self, message):
+            super().error(redact(message))
+
     classes, _, description = DATACLASS_COMMANDS[command]
-    parser = HfArgumentParser(classes(), prog=f"wid-hf {command}", description=description,
-                              formatter_class=_HelpFormatter)
+    parser = Parser(classes(), prog=f"wid-hf {command}", description=description,
+                    formatter_class=_HelpFormatter)
     for action in parser._actions:
         if action.dest == "keep_layers":
             action.type = _layers_arg
@@ -130,7 +150,7 @@ def parse_dataclass_command(command: str, argv: list[str]) -> dict:
 
 def build_parser() -> argparse.ArgumentParser:
     """The top-level parser (subcommands); the dataclass commands parse their own flags."""
-    parser = argparse.ArgumentParser(
+    parser = _RedactingParser(
         prog="wid-hf",
         description="Compress BERT masked-LM teachers by Weight-Inherited Distillation (WID).",
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -209,14 +229,14 @@ def cmd_compress(given: dict) -> int:
 
 
 def _push(student_dir: str, repo: str, report, hub: HubArguments) -> int:
-    from .hub import PushError, push_student
+    from .hub import PushError, PushRefused, push_student
 
     try:
         info = push_student(student_dir, repo, report=report, private=hub.private, revision=hub.hub_revision,
                             create_pr=hub.create_pr, token=hub.token)
-    except PushError as err:
-        print(f"wid-hf push: error: {err}", file=sys.stderr)
-        return 1
+    except PushError as err:  # refused for what was asked: 2, as any bad input; failed on the way: 1
+        print(f"wid-hf push: error: {redact(str(err))}", file=sys.stderr)
+        return 2 if isinstance(err, PushRefused) else 1
     print(f"pushed to {repo}" + (f": pull request {info.pr_url}" if getattr(info, "pr_url", None) else f" ({info.oid})"))
     return 0
 
@@ -224,6 +244,9 @@ def _push(student_dir: str, repo: str, report, hub: HubArguments) -> int:
 def cmd_push(given: dict) -> int:
     push = PushArguments(**{k: v for k, v in given.items() if k in PushArguments.__dataclass_fields__})
     hub = HubArguments(**{k: v for k, v in given.items() if k in HubArguments.__dataclass_fields__})
+    if push.report is not None and not os.path.isfile(push.report):
+        raise UsageError(f"--report {push.report} is not a file; give the job's report.json (or leave --report out "
+                         "to use the one next to the student folder, if there).")
     report = push.report or os.path.join(os.path.dirname(os.path.abspath(push.student)), "report.json")
     return _push(push.student, push.repo, report if os.path.isfile(report) else None, hub)
 
@@ -284,7 +307,8 @@ def cmd_evaluate(args) -> int:
         from .data import heldout_sequences
 
         cache = os.path.join(os.path.expanduser("~"), ".cache", "wid_hf")
-        heldout = heldout_sequences(args.eval_corpus, loaded.tokenizer, args.seq_len, args.sequences, cache)
+        heldout = heldout_sequences(args.eval_corpus, loaded.tokenizer, args.seq_len, args.sequences, cache,
+                                    flag="--eval-corpus")
         entry = {"heldout": evaluate_mlm(loaded.model, heldout, desc=f"MLM eval {spec}", tokenizer=loaded.tokenizer)}
         h = entry["heldout"]
         if args.task != "none":
@@ -351,8 +375,6 @@ def in_flag_terms(message: str, command: str, argv: list[str]) -> str:
     """An error raised by the Python API, reworded for the command line: ``WIDConfig(target_ratio=0.5)`` becomes
     ``--ratio 0.5`` and a field name the flag the user typed for it (``--target-hidden-size`` if they typed that
     spelling, else the field's shortest dashed flag), so the message names what the user can change."""
-    import re
-
     flags = {}
     for action in dataclass_parser(command)._actions:
         if action.option_strings and action.dest != "help":
@@ -396,7 +418,7 @@ def main(argv=None) -> int:
         message = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         if command in DATACLASS_COMMANDS:
             message = in_flag_terms(message, command, argv)
-        print(f"wid-hf {command}: error: {message}", file=sys.stderr)
+        print(f"wid-hf {command}: error: {redact(message)}", file=sys.stderr)
         return 2
 
 

@@ -59,12 +59,14 @@ def offline_bbc_records() -> list[dict]:
     return records
 
 
-def load_texts(spec: Optional[str] = None, text_column: str = "text", split: str = "train"):
+def load_texts(spec: Optional[str] = None, text_column: str = "text", split: str = "train", flag: str = "--corpus"):
     """A `datasets.Dataset` with one column ``text`` from any of the supported sources.
 
     `spec` is ``offline-wiki`` (default) or ``offline-bbc``; a directory written by ``Dataset.save_to_disk``; a
     text (one document per line), JSON/JSONL or CSV file, or a glob of them; or a Hub dataset ``name`` /
-    ``name:config`` (loaded with `datasets.load_dataset`, which needs the network unless cached)."""
+    ``name:config`` (loaded with `datasets.load_dataset`, which needs the network unless cached). `text_column`
+    names the column to read; the default ``text``, when absent, falls back to the corpus' only string column.
+    Errors name `flag`, the option the user gave `spec` with."""
     from datasets import Dataset, DatasetDict, load_dataset, load_from_disk
 
     spec = spec or "offline-wiki"
@@ -78,7 +80,7 @@ def load_texts(spec: Optional[str] = None, text_column: str = "text", split: str
             if not files:
                 raise FileNotFoundError(f"{spec} is neither a saved dataset (save_to_disk) nor a folder of .txt files.")
             _require_text(spec, files)
-            ds = load_dataset("text", data_files=files, split="train", sample_by="document")
+            ds = _load_files(spec, "text", files, flag, sample_by="document")
         else:
             ds = load_from_disk(spec)
             if isinstance(ds, DatasetDict):
@@ -92,7 +94,7 @@ def load_texts(spec: Optional[str] = None, text_column: str = "text", split: str
         if builder is None:
             raise ValueError(f"Cannot read {files[0]!r}: use .txt (one document per line), .json/.jsonl or .csv files.")
         _require_text(spec, files)
-        ds = load_dataset(builder, data_files=files, split="train")
+        ds = _load_files(spec, builder, files, flag)
     elif spec.startswith((".", "/", "~")) or spec.count("/") > 1 or spec.endswith((".txt", ".json", ".jsonl", ".csv")):
         raise FileNotFoundError(f"No corpus at {spec!r}: give an existing file, folder or a datasets name.")
     else:
@@ -100,8 +102,9 @@ def load_texts(spec: Optional[str] = None, text_column: str = "text", split: str
         ds = load_dataset(name, config or None, split=split)
     if text_column not in ds.column_names:
         strings = [c for c, f in ds.features.items() if getattr(f, "dtype", None) in ("string", "large_string")]
-        if not strings:
-            raise ValueError(f"Corpus {spec!r} has no text column (columns: {ds.column_names}); pass --text-column.")
+        if text_column != "text" or len(strings) != 1:  # a column the user named, or no single one to take
+            raise ValueError(f"{flag} {spec} has no column {text_column!r} (its columns: "
+                             f"{', '.join(ds.column_names)}); give the one that holds the text with --text_column.")
         text_column = strings[0]
     ds = ds.select_columns([text_column])
     if text_column != "text":
@@ -110,6 +113,29 @@ def load_texts(spec: Optional[str] = None, text_column: str = "text", split: str
     if len(ds) == 0:
         raise ValueError(f"Corpus {spec!r} has no text: every row of its text column is empty.")
     return ds
+
+
+def _load_files(spec: str, builder: str, files: list[str], flag: str, **kwargs):
+    """`load_dataset` of local files; a file it cannot parse (not UTF-8, malformed JSON or CSV) is one line that
+    names the flag, instead of a builder traceback (whose own error log is silenced meanwhile)."""
+    import logging
+
+    from datasets import load_dataset
+
+    datasets_logger = logging.getLogger("datasets")
+    level = datasets_logger.level
+    datasets_logger.setLevel(logging.CRITICAL)
+    try:
+        return load_dataset(builder, data_files=files, split="train", **kwargs)
+    except Exception as err:  # DatasetGenerationError wraps UnicodeDecodeError, ArrowInvalid, pandas' ParserError
+        cause = err.__cause__ or err.__context__ or err
+        text = str(cause).strip().splitlines()[0] if str(cause).strip() else type(cause).__name__
+        kind = "not UTF-8 text" if isinstance(cause, UnicodeDecodeError) else f"not valid {builder.upper()}"
+        name = files[0] if len(files) == 1 else f"one of its {len(files)} files"
+        raise ValueError(f"{flag} {spec}: {name} is {kind} ({text}); fix or convert the file (UTF-8; "
+                         ".txt one document per line, .json/.jsonl records, .csv with a header row).") from err
+    finally:
+        datasets_logger.setLevel(level)
 
 
 def _require_text(spec: str, files: list[str]) -> None:
@@ -145,17 +171,33 @@ def pack_sequences(ds, tokenizer, seq_len: int, num_proc: Optional[int] = None):
     return packed
 
 
-def prepare_corpus(spec: Optional[str], tokenizer, seq_len: int, cache_dir: str, text_column: str = "text"):
-    """`load_texts` + `pack_sequences`, cached under `cache_dir` by (corpus, tokenizer, seq_len)."""
+def prepare_corpus(spec: Optional[str], tokenizer, seq_len: int, cache_dir: str, text_column: str = "text",
+                   flag: str = "--corpus"):
+    """`load_texts` + `pack_sequences`, cached under `cache_dir` by (corpus, tokenizer, seq_len). A local corpus'
+    key holds its files' paths, sizes and modification times, so an edited file is read again."""
     from datasets import load_from_disk
 
-    key = json.dumps([spec or "offline-wiki", text_column, seq_len, tokenizer.name_or_path, len(tokenizer)], sort_keys=True)
+    key = json.dumps([spec or "offline-wiki", text_column, seq_len, tokenizer.name_or_path, len(tokenizer),
+                      *_local_fingerprint(spec)], sort_keys=True)
     path = os.path.join(cache_dir, "corpus-" + hashlib.sha1(key.encode()).hexdigest()[:12])
     if os.path.isfile(os.path.join(path, "state.json")):
         return load_from_disk(path)
-    packed = pack_sequences(load_texts(spec, text_column), tokenizer, seq_len)
+    packed = pack_sequences(load_texts(spec, text_column, flag=flag), tokenizer, seq_len)
     packed.save_to_disk(path)
     return load_from_disk(path)
+
+
+def _local_fingerprint(spec: Optional[str]) -> list:
+    """(path, size, mtime) of every file a local corpus reads; nothing for the offline and Hub corpora."""
+    if not spec or spec in OFFLINE_CORPORA:
+        return []
+    if os.path.isdir(spec):
+        files = sorted(glob.glob(os.path.join(spec, "**", "*"), recursive=True))
+    elif glob.has_magic(spec):
+        files = sorted(glob.glob(spec))
+    else:
+        files = [spec]
+    return [[f, st.st_size, st.st_mtime_ns] for f in files if os.path.isfile(f) for st in [os.stat(f)]]
 
 
 def fixed_masks(dataset, tokenizer, mlm_probability: float = 0.15, seed: int = 0):
@@ -181,9 +223,10 @@ def fixed_masks(dataset, tokenizer, mlm_probability: float = 0.15, seed: int = 0
     return dataset.map(mask, batched=True, batch_size=1000, desc="Fixing evaluation masks")
 
 
-def heldout_sequences(spec: Optional[str], tokenizer, seq_len: int, n_sequences: int, cache_dir: str, seed: int = 1):
+def heldout_sequences(spec: Optional[str], tokenizer, seq_len: int, n_sequences: int, cache_dir: str, seed: int = 1,
+                      flag: str = "--eval_corpus"):
     """`n_sequences` packed sequences of held-out text with fixed masks (default: BBC News, another domain)."""
-    packed = prepare_corpus(spec or "offline-bbc", tokenizer, seq_len, cache_dir)
+    packed = prepare_corpus(spec or "offline-bbc", tokenizer, seq_len, cache_dir, flag=flag)
     order = list(range(len(packed)))
     random.Random(seed).shuffle(order)
     picked = packed.select(sorted(order[: min(n_sequences, len(order))]))

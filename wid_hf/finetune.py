@@ -28,14 +28,25 @@ GLUE_KEYS = {
 }
 
 
+# First-row cells that name a column, not a class or a sentence: a header row
+HEADER_LABELS = {"label", "labels", "class", "target", "sentiment", "category", "y", "polarity"}
+HEADER_TEXTS = {"text", "sentence", "review", "content", "document"}
+
+
 def read_label_text_csv(path: str) -> list[dict]:
     """Rows of ``label,text`` (a UTF-8 BOM is fine); labels are mapped to 0..K-1 in sorted order."""
     if not os.path.isfile(path):
         raise FileNotFoundError(f"No task file at {path!r} (a CSV of label,text rows).")
-    with open(path, encoding="utf-8-sig", newline="") as f:
-        rows = [r for r in csv.reader(f) if len(r) >= 2 and r[1].strip()]
+    try:
+        with open(path, encoding="utf-8-sig", newline="") as f:
+            rows = [r for r in csv.reader(f) if len(r) >= 2 and r[1].strip()]
+    except (UnicodeDecodeError, csv.Error) as err:
+        raise ValueError(f"--task-file {path} is not a UTF-8 CSV of label,text rows ({err}).") from err
     if not rows:
-        raise ValueError(f"{path} has no label,text rows.")
+        raise ValueError(f"--task-file {path} has no label,text rows.")
+    if rows[0][0].strip().lower() in HEADER_LABELS or rows[0][1].strip().lower() in HEADER_TEXTS:
+        raise ValueError(f"--task-file {path} starts with a header row ({','.join(rows[0][:2])}), which would become "
+                         "a class; remove that line (the file is label,text rows without a header).")
     labels = sorted({r[0].strip() for r in rows})
     index = {label: i for i, label in enumerate(labels)}
     return [{"text": r[1].strip(), "label": index[r[0].strip()]} for r in rows]

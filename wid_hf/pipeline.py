@@ -18,10 +18,12 @@ given; ``--budget_mode false`` gives the reference method on the same scaled sch
 
 Output directory layout::
 
-    job.json            what was asked (a re-run must ask the same to resume)
+    job.json            what was asked (a re-run must ask the same to resume); written atomically
+    .wid-hf.lock        held while a job runs: a second job here is refused
     cache/              tokenised corpora (or --cache_dir)
     teacher/            the teacher after its masked-LM warm-up (only for a teacher without an MLM head)
-    checkpoints/        Trainer checkpoints (resumable; only the last --save_total_limit are kept)
+    checkpoints/        Trainer checkpoints (resumable; only the last --save_total_limit are kept);
+                        Weight Distillation's generator phase in checkpoints/generator/
     student/            the student: a plain BertForMaskedLM + tokenizer
     report.json         everything measured; written last: its presence means the job is finished
     report.md, training.png, schedule.png (WID)
@@ -41,9 +43,12 @@ from typing import Optional
 from . import __version__
 from .config import (BUDGET_HARD_MASK_AT, BUDGET_LONG_RUN_HARD_MASK_AT, BUDGET_LONG_RUN_STEPS, PRESETS,
                      TeacherDims, WIDConfig)
+from .job_directory import (JOB_FILE, JobLock, JobMismatchError, check_output_dir, clear_job_outputs,
+                            read_job_file, refuse_distributed)
 
 logger = logging.getLogger(__name__)
 
+GENERATOR_CHECKPOINTS = "generator"  # Weight Distillation's generator phase, in checkpoints/
 METHODS = ("wid", "etd-impt", "etd-rand", "truncation", "random", "weight-distill")
 OBJECTIVES = ("mlm", "logit", "hidden", "attention_mse", "attention_kl")  # = wid_hf.baselines.distill.OBJECTIVES
 STUDENT_LEARNING_RATE = 5e-4  # every plain student (ETD, truncation, random init, Weight Distillation's student)
@@ -168,7 +173,10 @@ class JobArguments:
                 f"summed over, a seeded sample of the corpus (default {ETD_IMPORTANCE_BATCHES}; "
                 f"{ETD_IMPORTANCE_BATCHES_BEFORE} until 2026-11-28, measured lower on the validation split)."})
     overwrite_output_dir: bool = field(default=False, metadata={
-        "aliases": ["--overwrite"], "help": "Delete what --output_dir holds and start over."})
+        "aliases": ["--overwrite"],
+        "help": "Start over in --output_dir: deletes what an earlier wid-hf job wrote there (job.json, checkpoints, "
+                "teacher, student, report, plots), once this job's inputs are validated; a folder that is not a "
+                "wid-hf job directory is refused, never emptied."})
 
 
 @dataclass
@@ -318,7 +326,8 @@ class Job:
         if not 0 < job.data.mlm_probability < 1:
             raise ValueError(f"--mlm_probability must lie strictly between 0 and 1, not {job.data.mlm_probability}.")
         for part, name in ((job.training, "max_steps"), (job.training, "per_device_train_batch_size"),
-                           (job.data, "max_seq_length"), (job.data, "eval_sequences"), (job.job, "importance_batches")):
+                           (job.data, "max_seq_length"), (job.data, "eval_sequences"), (job.job, "importance_batches"),
+                           (job.training, "gradient_accumulation_steps")):
             if getattr(part, name) < 1:
                 raise ValueError(f"--{name} must be at least 1.")
         return job
@@ -376,13 +385,14 @@ class Job:
 
         t = self.training
         steps = steps or t.max_steps
-        return WIDTrainingArguments(
+        settings = dict(
             output_dir=output_dir, max_steps=steps, per_device_train_batch_size=t.per_device_train_batch_size,
             gradient_accumulation_steps=t.gradient_accumulation_steps, learning_rate=t.learning_rate,
             compactor_learning_rate=t.compactor_learning_rate, logging_steps=max(1, min(10, steps // 20)),
             save_strategy="steps", save_steps=t.save_steps, save_total_limit=t.save_total_limit, report_to=[],
             seed=t.seed, bf16=t.bf16, disable_tqdm=t.disable_tqdm,
-            **({} if t.warmup_steps is None else {"warmup_steps": t.warmup_steps}), **overrides)
+            **({} if t.warmup_steps is None else {"warmup_steps": t.warmup_steps}))
+        return WIDTrainingArguments(**{**settings, **overrides})
 
 
 _WID_DEFAULTS = {f.name: f.default for f in dataclasses.fields(WIDConfig)}
@@ -395,10 +405,6 @@ def _wid_training_default(name: str) -> float:
 
 
 # ---------------------------------------------------------------------------------------------- the job directory
-class JobMismatchError(ValueError):
-    pass
-
-
 def _wid_changes(previous: dict, current: dict) -> str:
     """The WIDConfig fields that differ between two job identities, with the flags that resume the earlier job (a
     field the identity leaves out was at WIDConfig's default, e.g. budget mode's defaults of an earlier wid_hf)."""
@@ -479,46 +485,42 @@ def _rate_change(previous: dict, current: dict) -> str:
 
 
 def _check_output_dir(job: Job) -> None:
-    path = os.path.join(job.output_dir, "job.json")
-    if os.path.exists(job.output_dir) and not os.path.isdir(job.output_dir):
-        raise JobMismatchError(f"--output_dir {job.output_dir} is a file; give a new or empty directory.")
-    overwrite = job.job.overwrite_output_dir
-    if os.path.isfile(path) and not overwrite:
-        try:
-            with open(path) as f:
-                previous = json.load(f)["identity"]
-        except (OSError, ValueError, KeyError) as err:
-            raise JobMismatchError(f"{path} is unreadable ({err}); use another --output_dir or --overwrite.") from err
-        current = job.identity()
-        trained = glob.glob(os.path.join(job.output_dir, "checkpoints", "checkpoint-*")) or os.path.isdir(
-            os.path.join(job.output_dir, "teacher", "final"))
-        if previous != current and trained:
-            changed = sorted(k for k in set(previous) | set(current) if previous.get(k) != current.get(k))
-            wid_changes = _hard_mask_change(previous, current) or _wid_changes(previous.get("wid", {}), current["wid"])
-            raise JobMismatchError(
-                f"{job.output_dir} holds the checkpoint of a different job (changed: {', '.join(changed)}"
-                f"{wid_changes}{_importance_change(previous, current)}"
-                f"{_rate_change(previous, current)}); use "
-                "another --output_dir, or --overwrite to start over there.")
-    elif os.path.isdir(job.output_dir) and os.listdir(job.output_dir) and not overwrite:
-        raise JobMismatchError(f"{job.output_dir} exists and is not a wid-hf job directory; use an empty or new "
-                               "--output_dir.")
-    if overwrite and os.path.isdir(job.output_dir):
-        import shutil
+    """Refuse an output directory this job may not use, before anything is loaded or written: a file, a user's
+    folder, another job's checkpoints (unless --overwrite). Reads only."""
+    previous = check_output_dir(job.output_dir)
+    if previous is None or job.job.overwrite_output_dir:
+        return
+    previous, current = previous["identity"], job.identity()
+    trained = glob.glob(os.path.join(job.output_dir, "checkpoints", "checkpoint-*")) or glob.glob(
+        os.path.join(job.output_dir, "checkpoints", GENERATOR_CHECKPOINTS, "checkpoint-*")) or os.path.isdir(
+        os.path.join(job.output_dir, "teacher", "final"))
+    if previous != current and trained:
+        changed = sorted(k for k in set(previous) | set(current) if previous.get(k) != current.get(k))
+        wid_changes = _hard_mask_change(previous, current) or _wid_changes(previous.get("wid", {}), current["wid"])
+        raise JobMismatchError(
+            f"{job.output_dir} holds the checkpoint of a different job (changed: {', '.join(changed)}"
+            f"{wid_changes}{_importance_change(previous, current)}"
+            f"{_rate_change(previous, current)}); use "
+            "another --output_dir, or --overwrite to start over there.")
 
-        shutil.rmtree(job.output_dir)
-    os.makedirs(job.output_dir, exist_ok=True)
-    with open(path, "w") as f:
-        json.dump({"identity": job.identity(), "job": job.to_dict(), "wid_hf": __version__}, f, indent=2)
+
+def _claim_output_dir(job: Job) -> None:
+    """Once the job's inputs are validated: with --overwrite, delete what an earlier job wrote here (nothing
+    else); then record this job in job.json, atomically (a torn job.json would strand the checkpoints)."""
+    from .resume import write_json_atomically
+
+    if job.job.overwrite_output_dir:
+        removed = clear_job_outputs(job.output_dir)
+        if removed:
+            _say(f"--overwrite: deleted {', '.join(removed)} in {job.output_dir}")
+    write_json_atomically(os.path.join(job.output_dir, JOB_FILE),
+                          {"identity": job.identity(), "job": job.to_dict(), "wid_hf": __version__})
 
 
 def read_job_settings(directory: str) -> Optional[dict]:
     """The flat settings recorded in a job directory's job.json (None if it is not a job directory)."""
-    path = os.path.join(directory, "job.json")
-    if not os.path.isfile(path):
-        return None
-    with open(path) as f:
-        return json.load(f)["job"]
+    recorded = read_job_file(directory)
+    return None if recorded is None else recorded.get("job", {})
 
 
 def _finished_report(job: Job) -> Optional[dict]:
@@ -591,31 +593,25 @@ def _importance_batches(train, collator, batch_size: int, seed: int, n_batches: 
 
 
 def _weight_distilled_student(teacher, train, collator, wid_config: WIDConfig, layers, steps: int, job: Job):
-    """Weight Distillation's first phase: train the generator for `steps`, then materialise the student."""
-    import torch
-
+    """Weight Distillation's first phase: train the generator for `steps`, then materialise the student. The
+    generator trains in a Trainer of its own, checkpointed under checkpoints/generator, so a killed job resumes it
+    exactly (and a job past this phase loads its last checkpoint instead of training it again). Its optimisation is
+    the method's: AdamW at --compactor_learning_rate, constant, no gradient clipping."""
     from .baselines.weight_distillation import WeightGenerator
+    from .resume import resumable_trainer_class
     from .utils import set_dropout
 
     generator = WeightGenerator(teacher, wid_config.target_hidden_size, wid_config.target_intermediate_size,
                                 num_hidden_layers=len(layers) if layers else None, seed=job.training.seed)
     if wid_config.train_dropout is not None:  # its student's forward trains as every method's does
         set_dropout(generator, wid_config.train_dropout)
-    loader = torch.utils.data.DataLoader(train, batch_size=job.training.per_device_train_batch_size, shuffle=True,
-                                         collate_fn=collator,
-                                         generator=torch.Generator().manual_seed(job.training.seed))
-    optimizer = torch.optim.AdamW([p for p in generator.parameters() if p.requires_grad],
-                                  lr=job.training.compactor_learning_rate)
-    generator.train()
-    done = 0
-    while done < steps:
-        for batch in loader:
-            optimizer.zero_grad()
-            generator(**batch).loss.backward()
-            optimizer.step()
-            done += 1
-            if done >= steps:
-                break
+    args = job.training_arguments(os.path.join(job.output_dir, "checkpoints", GENERATOR_CHECKPOINTS), steps=steps,
+                                  learning_rate=job.training.compactor_learning_rate, lr_scheduler_type="constant",
+                                  warmup_steps=0, weight_decay=0.01, max_grad_norm=0.0,
+                                  remove_unused_columns=False)  # the generator's forward takes **kwargs
+    trainer = resumable_trainer_class()(model=generator, args=args, train_dataset=train, data_collator=collator)
+    _say(f"Weight Distillation: training the parameter generator for {steps} steps")
+    _train(trainer, steps)
     return generator.materialize()
 
 
@@ -686,7 +682,7 @@ def _train(trainer, steps: int) -> float:
     quiet_trainer_logs(trainer)
     last = last_complete_checkpoint(trainer.args.output_dir, say=_say)
     if last and checkpoint_step(last) >= steps:
-        _say(f"training already complete in {last}; merging")
+        _say(f"training already complete in {last}")
         trainer._load_from_checkpoint(last)
         trainer.state = TrainerState.load_from_json(os.path.join(last, "trainer_state.json"))
     else:
@@ -698,7 +694,18 @@ def _train(trainer, steps: int) -> float:
 
 def run(job: Job) -> dict:
     """Run (or resume) the whole job; returns the report dictionary. A job whose report is already written (with the
-    same settings) is finished: it is returned as it is, and nothing is trained or written."""
+    same settings) is finished: it is returned as it is, and nothing is trained or written.
+
+    The output directory is checked before anything is loaded, and held under a lock for the whole job (a second
+    job there is refused); --overwrite deletes what an earlier job wrote only once this job's teacher, widths,
+    schedule and corpora have been validated."""
+    refuse_distributed()
+    _check_output_dir(job)
+    with JobLock(job.output_dir):
+        return _run(job)
+
+
+def _run(job: Job) -> dict:
     import torch
     from datasets import concatenate_datasets
     from transformers import set_seed
@@ -713,7 +720,6 @@ def run(job: Job) -> dict:
     from .utils import bert_mlm_parameter_count, count_parameters
 
     started = time.time()
-    _check_output_dir(job)
     finished = _finished_report(job)
     if finished is not None:
         _say(f"this job is already finished: the student is in {finished['student']['path']}, the report in "
@@ -724,6 +730,10 @@ def run(job: Job) -> dict:
     loaded = load_teacher(d.teacher)
     dims = TeacherDims.from_model_config(loaded.model.config)
     wid_config = job.wid.resolve(dims)  # unmergeable widths -> error now, before any training
+    positions = getattr(loaded.model.config, "max_position_embeddings", None)
+    if positions is not None and d.max_seq_length > positions:
+        raise ValueError(f"--max_seq_length {d.max_seq_length} is more than the teacher's {positions} positions "
+                         f"(max_position_embeddings); use --max_seq_length {positions} or less.")
     if job.job.method == "wid":
         _check_schedule_fits(job, wid_config, dims)
 
@@ -740,6 +750,7 @@ def run(job: Job) -> dict:
         train = train.select(range(cut))
     heldout = heldout_sequences(d.eval_corpus, loaded.tokenizer, d.max_seq_length, d.eval_sequences, job.cache_dir)
     _say(f"corpus: {len(train):,} sequences of {d.max_seq_length} tokens; held-out: {len(heldout)} sequences")
+    _claim_output_dir(job)
     teacher, head_note = _mlm_teacher(job, loaded, train)
     tokenizer = loaded.tokenizer
     teacher_eval = evaluate_mlm(teacher, heldout, progressbar=job.progressbar, desc="Teacher eval", tokenizer=tokenizer)

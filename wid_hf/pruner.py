@@ -73,10 +73,27 @@ def taylor_step_scores(model) -> dict[str, torch.Tensor]:
 def accumulate_taylor(model) -> None:
     """Fold this step's first-order scores (`taylor_step_scores`) into the moving average. Call it with the step's
     complete gradients, before any penalty touches them (under DDP they are all-reduced, so every rank gets the
-    same scores)."""
+    same scores). A step whose scores are not all finite (a NaN or inf loss or gradient) is not folded in at all,
+    so one bad step cannot poison the scores that choose the masks for the rest of the run; it is counted in
+    `skipped_score_steps`. The check stays on the device (no synchronisation per step)."""
     weight = 1.0 / model.wid_config.taylor_window
-    for name, step_score in taylor_step_scores(model).items():
-        model.masks.score(name).mul_(1.0 - weight).add_(step_score, alpha=weight)
+    scores = taylor_step_scores(model)
+    if not scores:
+        return
+    finite = torch.stack([torch.isfinite(s).all() for s in scores.values()]).all()
+    for name, step_score in scores.items():
+        average = model.masks.score(name)
+        average.copy_(torch.where(finite, average.mul(1.0 - weight).add_(step_score, alpha=weight), average))
+    skipped = getattr(model, "_skipped_score_steps", None)
+    if skipped is None or skipped.device != finite.device:
+        skipped = model._skipped_score_steps = torch.zeros((), dtype=torch.long, device=finite.device)
+    skipped.add_(~finite)
+
+
+def skipped_score_steps(model) -> int:
+    """How many steps of this process had non-finite scores, so were left out of the Taylor scores."""
+    skipped = getattr(model, "_skipped_score_steps", None)
+    return 0 if skipped is None else int(skipped)
 
 
 def first_order_importance(model, batches, loss_fn) -> dict[str, torch.Tensor]:

@@ -10,9 +10,12 @@ Two things stand between `transformers.Trainer` (5.x) and a resumed run that equ
    from the RNG where dropout draws, in step order, after Trainer has restored the checkpoint's RNG states.
 2. A kill in the middle of a checkpoint write leaves a `checkpoint-N` folder that `get_last_checkpoint` still picks.
    Trainer writes `trainer_state.json` last (after weights, optimizer, scheduler and RNG states), so a checkpoint is
-   complete exactly when that file parses and names step N and the other files it needs are there.
-   `last_complete_checkpoint` skips (and removes) incomplete ones, and the mixin's `train(resume_from_checkpoint=True)`
-   uses it.
+   complete exactly when that file parses and names step N and the other files it needs are there (under DDP, every
+   rank's RNG state). The mixin writes a marker (`CHECKPOINT_MARKER`) into each checkpoint before anything else, so
+   `last_complete_checkpoint` knows which folders wid_hf wrote: an incomplete one of those is removed (it is the
+   leftover of a kill), any other folder that does not look complete (a `save_only_model`, sharded, DeepSpeed,
+   FSDP or PEFT checkpoint of the user's own run) is skipped with one line and never touched. The mixin's
+   `train(resume_from_checkpoint=True)` uses it.
 
     >>> from wid_hf.resume import last_complete_checkpoint
     >>> last_complete_checkpoint("runs/demo/checkpoints")       # doctest: +SKIP
@@ -21,6 +24,7 @@ Two things stand between `transformers.Trainer` (5.x) and a resumed run that equ
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
@@ -31,13 +35,32 @@ from typing import Callable, Optional
 
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
+from .job_directory import first_line
+
 logger = logging.getLogger(__name__)
 
 TRAINER_STATE = "trainer_state.json"
+# Written first into every checkpoint folder wid_hf's trainers write: only such folders are ever deleted.
+CHECKPOINT_MARKER = "wid_hf_checkpoint.json"
 # What resuming reads besides the trainer state; the weights file is either name, by trainer and format.
 _NEEDED = ("optimizer.pt", "scheduler.pt")
 _WEIGHTS = ("model.safetensors", "wid_model.safetensors", "pytorch_model.bin")
 _CHECKPOINT = re.compile(rf"^{PREFIX_CHECKPOINT_DIR}-(\d+)$")
+
+
+def _marker(path: str) -> Optional[dict]:
+    """The marker wid_hf wrote into a checkpoint folder, or None for a folder some other program wrote."""
+    try:
+        with open(os.path.join(path, CHECKPOINT_MARKER)) as f:
+            marker = json.load(f)
+    except (OSError, ValueError):
+        return None
+    return marker if isinstance(marker, dict) else None
+
+
+def written_by_wid_hf(path: str) -> bool:
+    """Whether a `checkpoint-N` folder was written by one of wid_hf's trainers (it holds `CHECKPOINT_MARKER`)."""
+    return _marker(path) is not None
 
 
 def checkpoint_step(path: str) -> Optional[int]:
@@ -48,21 +71,28 @@ def checkpoint_step(path: str) -> Optional[int]:
     try:
         with open(os.path.join(path, TRAINER_STATE)) as f:
             step = json.load(f)["global_step"]
-    except (OSError, ValueError, KeyError):
+    except (OSError, ValueError, KeyError, TypeError):
         return None
     files = set(os.listdir(path))
     if step != int(match.group(1)) or not files & set(_WEIGHTS) or not all(n in files for n in _NEEDED):
         return None
-    if not any(n.startswith("rng_state") for n in files):
+    marker = _marker(path)
+    world_size = int(marker.get("world_size", 1)) if marker else 1
+    if marker and world_size > 1:
+        # under DDP each rank writes its own RNG state, and rank 0 writes the trainer state without waiting for them
+        if not all(f"rng_state_{rank}.pth" in files for rank in range(world_size)):
+            return None
+    elif not any(n.startswith("rng_state") for n in files):
         return None
     return step
 
 
 def last_complete_checkpoint(directory: str, say: Callable[[str], None] = logger.warning,
                              remove_incomplete: bool = True) -> Optional[str]:
-    """The newest complete `checkpoint-N` under `directory` (None if there is none). Incomplete ones (a kill during
-    their write) are reported with one line each through `say` and, by default, removed so that checkpoint rotation
-    never keeps them in place of a good one."""
+    """The newest complete `checkpoint-N` under `directory` (None if there is none). An incomplete one that wid_hf
+    wrote (a kill during its write) is reported with one line through `say` and, by default, removed so that
+    checkpoint rotation never keeps it in place of a good one; a folder wid_hf did not write is only reported,
+    never removed."""
     if not os.path.isdir(directory):
         return None
     found = []
@@ -74,11 +104,48 @@ def last_complete_checkpoint(directory: str, say: Callable[[str], None] = logger
     for _, path in sorted(found, reverse=True):
         if checkpoint_step(path) is not None:
             best = best or path
+        elif not written_by_wid_hf(path):
+            say(f"skipping {path}: not a complete checkpoint written by wid_hf (left as it is)")
         elif best is None:  # only newer-than-the-last-good ones can be half-written leftovers of a kill
             say(f"ignoring incomplete {path} (interrupted while it was written)")
             if remove_incomplete:
                 shutil.rmtree(path, ignore_errors=True)
     return best
+
+
+def remove_own_checkpoints(directory: str) -> None:
+    """Delete the `checkpoint-N` folders under `directory` that wid_hf wrote (once a final model is saved)."""
+    if not os.path.isdir(directory):
+        return
+    for name in os.listdir(directory):
+        path = os.path.join(directory, name)
+        if _CHECKPOINT.match(name) and written_by_wid_hf(path):
+            shutil.rmtree(path, ignore_errors=True)
+
+
+def rotate_own_checkpoints(directory: str, save_total_limit: Optional[int], best: Optional[str] = None) -> None:
+    """Keep the newest `save_total_limit` complete checkpoints wid_hf wrote under `directory` (and `best`); delete
+    its older ones. Folders it did not write are never counted nor deleted (Trainer's own rotation deletes any
+    ``checkpoint-N``, a user's included)."""
+    if not save_total_limit or save_total_limit <= 0:
+        return
+    own = sorted((step, path) for path in (os.path.join(directory, n) for n in os.listdir(directory)
+                                           if _CHECKPOINT.match(n))
+                 if written_by_wid_hf(path) for step in [checkpoint_step(path)] if step is not None)
+    if len(own) <= save_total_limit:
+        return
+    protected = {own[-1][1]} | ({os.path.normpath(best)} if best else set())
+    remaining = len(own)
+    for _, path in own:
+        if remaining <= max(save_total_limit, len(protected)):
+            break
+        if os.path.normpath(path) not in protected:
+            shutil.rmtree(path, ignore_errors=True)
+            remaining -= 1
+
+
+class CheckpointWriteError(OSError):
+    """A checkpoint could not be written (a full disk, most often); the previous one is intact."""
 
 
 class MaskAtTrainingStep:
@@ -127,6 +194,31 @@ class ExactResumeMixin:
             inputs = self._step_masker.mask(inputs)
         return super()._prepare_inputs(inputs)
 
+    def _save_checkpoint(self, model, trial):
+        folder = os.path.join(self._get_output_dir(trial=trial), f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}")
+        previous = last_complete_checkpoint(os.path.dirname(folder), say=lambda _: None, remove_incomplete=False)
+        try:
+            if self.args.should_save:
+                # first, so that a kill at any later point leaves a folder resume knows it may delete
+                os.makedirs(folder, exist_ok=True)
+                write_json_atomically(os.path.join(folder, CHECKPOINT_MARKER),
+                                      {"writer": "wid_hf", "world_size": self.args.world_size})
+            limit = self.args.save_total_limit
+            self.args.save_total_limit = None  # Trainer's rotation deletes any checkpoint-N folder; ours only its own
+            try:
+                super()._save_checkpoint(model, trial)
+            finally:
+                self.args.save_total_limit = limit
+            if self.args.should_save:
+                rotate_own_checkpoints(os.path.dirname(folder), limit, self.state.best_model_checkpoint)
+        except Exception as err:  # noqa: BLE001 - torch.save reports a full disk as a RuntimeError
+            if self.args.should_save and written_by_wid_hf(folder):
+                shutil.rmtree(folder, ignore_errors=True)
+            kept = f"the previous checkpoint {previous} is intact" if previous else "no earlier checkpoint exists"
+            raise CheckpointWriteError(
+                f"Could not write the checkpoint {folder} ({first_line(err)}); {kept}. Free disk space (or fix the "
+                "cause) and run the same command again to resume.") from err
+
     def train(self, resume_from_checkpoint=None, *args, **kwargs):
         if resume_from_checkpoint is True:
             resume_from_checkpoint = last_complete_checkpoint(self.args.output_dir)
@@ -160,7 +252,17 @@ def save_pretrained_atomically(path: str, *objects) -> None:
 
 
 def write_json_atomically(path: str, data) -> None:
+    """Write `data` as JSON to a temp file, fsync it and rename it over `path`: a reader sees the old file or the new
+    one, never a torn write (a kill, a full disk or a power cut mid-write)."""
     tmp = path + ".incomplete"
-    with open(tmp, "w") as f:
-        json.dump(data, f, indent=2)
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "w", encoding="utf-8") as f:
+            json.dump(data, f, indent=2)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.remove(tmp)
+        raise
+

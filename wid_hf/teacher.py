@@ -8,10 +8,8 @@ benchmark teacher.
 
 from __future__ import annotations
 
-import glob
 import logging
 import os
-import shutil
 from dataclasses import dataclass
 from typing import Optional
 
@@ -89,10 +87,11 @@ def adapt_mlm(
     Trainer: AdamW (weight decay 0.01), linear warm-up then linear decay to `final_lr_fraction` of the peak,
     gradient clipping 1.0. ``encoder_lr=0`` freezes the encoder (a head warm-up). Resumes from `output_dir`'s
     last checkpoint if there is one. ``quiet_logs``: no log line per logging step (`quiet_trainer_logs`). Returns
-    the trained model (also saved to ``output_dir/final``; the checkpoints are deleted once it is)."""
+    the trained model (also saved to ``output_dir/final``; the checkpoints it wrote are deleted once it is)."""
     from transformers import DataCollatorForLanguageModeling, TrainingArguments
 
-    from .resume import last_complete_checkpoint, resumable_trainer_class, save_pretrained_atomically
+    from .resume import (last_complete_checkpoint, remove_own_checkpoints, resumable_trainer_class,
+                         save_pretrained_atomically)
     from .utils import quiet_trainer_logs
 
     head = _head_parameters(model)
@@ -141,6 +140,5 @@ def adapt_mlm(
     for p in model.parameters():
         p.requires_grad_(True)
     save_pretrained_atomically(os.path.join(output_dir, "final"), model, tokenizer)
-    for checkpoint in glob.glob(os.path.join(output_dir, "checkpoint-*")):  # only for resuming; `final` is complete
-        shutil.rmtree(checkpoint, ignore_errors=True)
+    remove_own_checkpoints(output_dir)  # only for resuming; `final` is complete (a user's own folders stay)
     return model

@@ -31,7 +31,7 @@ from . import checkpoint
 from .config import WIDConfig
 from .mlm import masked_lm_loss, warn_if_cuda_graphs
 from .model import WIDModel, get_wid_model
-from .pruner import initial_taylor_scores
+from .pruner import initial_taylor_scores, skipped_score_steps
 from .resume import ExactResumeMixin
 from .schedule import GROUP_KINDS
 from .utils import unwrap_model
@@ -195,6 +195,12 @@ class WIDTrainer(ExactResumeMixin, Trainer):
     def log(self, logs: dict[str, float], *args, **kwargs) -> None:
         if "loss" in logs:  # training logs only, not eval
             logs.update(wid_metrics(self.wid_model))
+            skipped, warned = int(logs.get("wid/skipped_score_steps", 0)), getattr(self, "_skipped_warned", 0)
+            if skipped > warned:
+                logger.warning("%d training step(s) since the last log had a non-finite loss or gradient; their "
+                               "Taylor scores were left out of the masks' choice (%d so far). Lower the learning "
+                               "rate, or use bf16 instead of fp16, if this repeats.", skipped - warned, skipped)
+                self._skipped_warned = skipped
             before_hard = getattr(self.wid_model, "pruned_norm_before_hard_masks", None)
             if before_hard is not None:
                 logs["wid/pruned_norm_before_hard_masks"] = float(before_hard)
@@ -316,6 +322,9 @@ def wid_metrics(model: WIDModel) -> dict[str, float]:
     metrics["wid/pruned_fraction"] = 1.0 - student / teacher
     metrics["wid/pruned_norm"] = float(sum(v**2 for v in model.pruned_norms().values()) ** 0.5)
     metrics["wid/hard_masks"] = float(model.hard_masks_active)
+    skipped = skipped_score_steps(model)
+    if skipped:  # steps whose Taylor scores were not finite, left out of the scores (pruner.accumulate_taylor)
+        metrics["wid/skipped_score_steps"] = float(skipped)
     return metrics
 
 

@@ -11,17 +11,21 @@ The student may be a plain BERT or a `WIDModel` (WID combined with a KD objectiv
 
 from __future__ import annotations
 
+import logging
+import os
 from typing import Optional, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
-from transformers import Trainer
+from transformers import Trainer, TrainerCallback
 
 from ..mlm import masked_lm_loss, mlm_head, mlm_head_at, warn_if_cuda_graphs
 from ..resume import ExactResumeMixin
 from ..utils import unwrap_model
 from .etd import uniform_layers
+
+logger = logging.getLogger(__name__)
 
 OBJECTIVES = ("mlm", "logit", "hidden", "attention_mse", "attention_kl")
 
@@ -85,6 +89,19 @@ class _QKCapture:
             handle.remove()
 
 
+PROJECTION_NAME = "kd_projection.safetensors"  # in a checkpoint of the hidden objective
+
+
+class _ZeroGradAfterStep(TrainerCallback):
+    """Zeroes a module's gradients after every optimizer step (one outside the model, which Trainer leaves alone)."""
+
+    def __init__(self, module: nn.Module):
+        self.module = module
+
+    def on_step_end(self, args, state, control, **kwargs):
+        self.module.zero_grad(set_to_none=True)
+
+
 class DistillationTrainer(ExactResumeMixin, Trainer):
     """A Trainer whose loss is ``(1 - alpha) * MLM + alpha * KD`` for the chosen objective (``mlm``: no KD)."""
 
@@ -121,11 +138,35 @@ class DistillationTrainer(ExactResumeMixin, Trainer):
                 # TinyBERT's learned projection from the student's width to the teacher's, trained with the student
                 # (kept in the trainer, not the student, so the saved student stays a plain model)
                 self.projection = nn.Linear(s_cfg.hidden_size, t_cfg.hidden_size, bias=False).to(device)
+                # Trainer zeroes the model's gradients after each optimizer step, not the projection's
+                self.add_callback(_ZeroGradAfterStep(self.projection))
             if self.objective.startswith("attention"):
                 self._student_qk, self._teacher_qk = _QKCapture(self.model), _QKCapture(self.teacher)
                 self._teacher_head = t_cfg.hidden_size // t_cfg.num_attention_heads
         # the loss below is a per-micro-batch mean: Trainer must divide it by the accumulation steps
         self.model_accepts_loss_kwargs = False
+
+    def _save_optimizer_and_scheduler(self, output_dir: str) -> None:
+        # the hidden objective's projection trains with the student but lives in the trainer: without it in the
+        # checkpoint a resumed run would start it again from a fresh initialisation
+        super()._save_optimizer_and_scheduler(output_dir)
+        if self.projection is not None and self.args.should_save:
+            from safetensors.torch import save_file
+
+            save_file({k: v.detach().cpu().contiguous() for k, v in self.projection.state_dict().items()},
+                      os.path.join(output_dir, PROJECTION_NAME))
+
+    def _load_optimizer_and_scheduler(self, checkpoint) -> None:
+        super()._load_optimizer_and_scheduler(checkpoint)
+        if self.projection is not None and checkpoint is not None:
+            from safetensors.torch import load_file
+
+            path = os.path.join(checkpoint, PROJECTION_NAME)
+            if os.path.isfile(path):
+                self.projection.load_state_dict(load_file(path, device=str(self.projection.weight.device)))
+            else:  # a checkpoint of an earlier wid_hf: resumable, not exactly
+                logger.warning("%s has no %s: the hidden objective's projection starts again from its "
+                               "initialisation, so this resume is not exact.", checkpoint, PROJECTION_NAME)
 
     def create_optimizer(self, model=None):
         optimizer = super().create_optimizer(model)
