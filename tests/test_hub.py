@@ -240,3 +240,23 @@ def test_model_card_of_a_baseline_student_says_how_it_was_made():
     assert "against the teacher; 30% of the tokens masked" in card  # budget mode's rate, not BERT's 15%
     del report["training"]["mlm_probability"]  # a report from before the rate was recorded says nothing of it
     assert "of the tokens masked" not in str(build_model_card(BertConfig(), "me/etd", report=report))
+
+
+def test_a_tokenizer_given_to_a_folder_push_never_writes_into_the_folder(hub, job, tmp_path):
+    import shutil
+
+    student = tmp_path / "student"
+    shutil.copytree(job / "student", student)
+    before = {p.name: p.read_bytes() for p in student.iterdir()}
+    script = f"""
+        from transformers import AutoTokenizer
+        from wid_hf.hub import push_student
+        tokenizer = AutoTokenizer.from_pretrained({str(student)!r})
+        tokenizer.add_tokens(["a-new-token"])  # differs from the folder's tokenizer files
+        push_student({str(student)!r}, "alice/with-tokenizer", tokenizer=tokenizer)
+    """
+    out = python(script, env_for(hub, tmp_path / "h"))
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert {p.name: p.read_bytes() for p in student.iterdir()} == before  # hard-linked files were not written through
+    uploaded = hub.repos["alice/with-tokenizer"].commits[hub.repos["alice/with-tokenizer"].refs["main"]]
+    assert b"a-new-token" in uploaded["tokenizer.json"]

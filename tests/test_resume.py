@@ -8,7 +8,7 @@ import torch
 from conftest import tiny_tokenizer
 from transformers import DataCollatorForLanguageModeling
 
-from wid_hf.resume import MaskAtTrainingStep, checkpoint_step, last_complete_checkpoint
+from wid_hf.resume import CHECKPOINT_MARKER, MaskAtTrainingStep, checkpoint_step, last_complete_checkpoint
 
 
 def test_masking_at_the_step_equals_the_collator(tmp_path):
@@ -34,6 +34,7 @@ def _checkpoint(root, step, files=("wid_model.safetensors", "optimizer.pt", "sch
                 state=True):
     path = root / f"checkpoint-{step}"
     path.mkdir()
+    (path / CHECKPOINT_MARKER).write_text('{"writer": "wid_hf", "world_size": 1}')  # first, as wid_hf writes it
     for name in files:
         (path / name).write_bytes(b"x")
     if state:
@@ -45,11 +46,14 @@ def test_only_complete_checkpoints_count(tmp_path):
     good = _checkpoint(tmp_path, 4)
     assert checkpoint_step(good) == 4
     _checkpoint(tmp_path, 8, files=("wid_model.safetensors", "optimizer.pt"), state=False)  # killed mid-write
-    (tmp_path / "checkpoint-12").mkdir()  # killed right after the folder was made
+    _checkpoint(tmp_path, 12, files=(), state=False)  # killed right after the folder and its marker were made
+    (tmp_path / "checkpoint-10").mkdir()  # a folder wid_hf did not write (no marker): reported, never removed
+    (tmp_path / "checkpoint-10" / "adapter_model.safetensors").write_bytes(b"x")
     said = []
     assert last_complete_checkpoint(str(tmp_path), say=said.append) == good
-    assert len(said) == 2 and all("incomplete" in line for line in said)
-    assert sorted(os.listdir(tmp_path)) == ["checkpoint-4"]  # leftovers removed, so rotation never keeps them
+    assert len(said) == 3 and sum("incomplete" in line for line in said) == 2
+    assert any("skipping" in line and "checkpoint-10" in line and "left as it is" in line for line in said)
+    assert sorted(os.listdir(tmp_path)) == ["checkpoint-10", "checkpoint-4"]  # only wid_hf's leftovers removed
 
     torn = _checkpoint(tmp_path, 16, state=False)
     with open(os.path.join(torn, "trainer_state.json"), "w") as f:

@@ -198,8 +198,8 @@ def _stage(source: str, staging: str, patterns) -> list[str]:
     """Hard-link (or copy) the listed files of `source` into `staging`; `source` is only read."""
     import shutil
 
-    names = listed_files(source, patterns)
-    for name in names:
+    names = [n for n in listed_files(source, patterns) if not os.path.exists(os.path.join(staging, n))]
+    for name in names:  # a file already staged (a tokenizer given to the push) wins, and is never written through
         src, dst = os.path.join(source, name), os.path.join(staging, name)
         try:
             os.link(src, dst)
@@ -269,12 +269,12 @@ def push_student(
             report = json.load(f)
     card = build_model_card(config, repo_id, report=report, teacher_id=teacher_id, license=license)
     with tempfile.TemporaryDirectory(prefix="wid-hf-push-") as staging:
+        if tokenizer is not None:  # first: writing it over a hard-linked file would change the student folder
+            tokenizer.save_pretrained(staging)
         if source is None:
             student.save_pretrained(staging)
         else:
             _stage(source, staging, STUDENT_FILES)
-        if tokenizer is not None:
-            tokenizer.save_pretrained(staging)
         for name in set(os.listdir(staging)) - set(listed_files(staging)):  # what save_pretrained adds beyond the list
             os.remove(os.path.join(staging, name))
         card.save(os.path.join(staging, "README.md"))
