@@ -196,28 +196,28 @@ class ExactResumeMixin:
 
     def _save_checkpoint(self, model, trial):
         folder = os.path.join(self._get_output_dir(trial=trial), f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}")
-        previous = last_complete_checkpoint(os.path.dirname(folder), say=lambda _: None, remove_incomplete=False)
+        limit = self.args.save_total_limit
         try:
             if self.args.should_save:
                 # first, so that a kill at any later point leaves a folder resume knows it may delete
                 os.makedirs(folder, exist_ok=True)
                 write_json_atomically(os.path.join(folder, CHECKPOINT_MARKER),
                                       {"writer": "wid_hf", "world_size": self.args.world_size})
-            limit = self.args.save_total_limit
             self.args.save_total_limit = None  # Trainer's rotation deletes any checkpoint-N folder; ours only its own
-            try:
-                super()._save_checkpoint(model, trial)
-            finally:
-                self.args.save_total_limit = limit
-            if self.args.should_save:
-                rotate_own_checkpoints(os.path.dirname(folder), limit, self.state.best_model_checkpoint)
+            super()._save_checkpoint(model, trial)
         except Exception as err:  # noqa: BLE001 - torch.save reports a full disk as a RuntimeError
             if self.args.should_save and written_by_wid_hf(folder):
                 shutil.rmtree(folder, ignore_errors=True)
+            # rotation runs only after a complete write, so the newest complete checkpoint is still there
+            previous = last_complete_checkpoint(os.path.dirname(folder), say=lambda _: None, remove_incomplete=False)
             kept = f"the previous checkpoint {previous} is intact" if previous else "no earlier checkpoint exists"
             raise CheckpointWriteError(
                 f"Could not write the checkpoint {folder} ({first_line(err)}); {kept}. Free disk space (or fix the "
                 "cause) and run the same command again to resume.") from err
+        finally:
+            self.args.save_total_limit = limit
+        if self.args.should_save:
+            rotate_own_checkpoints(os.path.dirname(folder), limit, self.state.best_model_checkpoint)
 
     def train(self, resume_from_checkpoint=None, *args, **kwargs):
         if resume_from_checkpoint is True:
